@@ -1,0 +1,1 @@
+"""The CLIP model family, tokenizer, loss, trainer, loader, encoder and evaluation; never imports Beam."""

@@ -1,0 +1,1 @@
+"""Beam stages of the data flow, one module per stage, each a composite PTransform over pure functions."""
