@@ -10,7 +10,6 @@ from wit import CommandError, demo_cmd, shards_cmd, web_cmd
 GROUPS = (web_cmd, shards_cmd, demo_cmd)
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wit",

@@ -1,0 +1,152 @@
+"""Image stage: decode safely, reject what cannot be used, resize, re-encode without EXIF, hash."""
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pipeline.rejection import Rejected
+from schemas import reasons
+
+RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
+_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    image_size: int = 256  # target of the smaller side (keep_ratio) or of both sides (center_crop, border)
+    resize_mode: str = "keep_ratio"
+    upscale: bool = False  # small images are kept as they are rather than blown up
+    min_side: int = 32  # below this an image is an icon or a tracking pixel, not a training sample
+    max_aspect_ratio: float = 10.0
+    max_pixels: int = 89_478_485  # Pillow's own bomb threshold; checked before any pixel is decoded
+    encode_format: str = "jpg"
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.encode_format not in _FORMATS:
+            raise ValueError(f"encode_format must be one of {sorted(_FORMATS)}, got {self.encode_format!r}")
+        if self.image_size < 1 or self.min_side < 1 or self.max_pixels < 1:
+            raise ValueError("image_size, min_side and max_pixels must be positive")
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    data: bytes  # the re-encoded image: no EXIF, no ICC surprises, orientation applied
+    ext: str
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    sha256: str  # of the bytes as fetched: the exact-duplicate and blocklist key
+    phash: int  # 64-bit DCT perceptual hash of the decoded original
+
+
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open and fully decode `data`, refusing bombs from the header before decoding any pixel."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise Rejected(reasons.DECOMPRESSION_BOMB, f"{w}x{h} declared")
+            img.load()
+    except Rejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Rejected(reasons.DECOMPRESSION_BOMB, str(e)[:200]) from None
+    except Exception as e:  # Pillow raises many types on hostile input (OSError, SyntaxError, ValueError, ...)
+        raise Rejected(reasons.DECODE_ERROR, f"{type(e).__name__}: {e}"[:200]) from None
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with EXIF orientation applied; transparency composited on white, as a viewer would show it."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def resize(img: Image.Image, cfg: ImageConfig) -> Image.Image:
+    w, h = img.size
+    size = cfg.image_size
+    if cfg.resize_mode == "no":
+        return img
+    if cfg.resize_mode == "keep_ratio":
+        scale = size / min(w, h)
+        if scale >= 1 and not cfg.upscale:
+            return img
+        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    if cfg.resize_mode == "center_crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        return img if side <= size and not cfg.upscale else img.resize((size, size), Image.Resampling.LANCZOS)
+    # border: fit inside size x size, pad with black as img2dataset does
+    scale = min(size / w, size / h)
+    if scale < 1 or cfg.upscale:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return canvas
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    m[0] /= np.sqrt(2)
+    return m
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def phash(img: Image.Image) -> int:
+    """64-bit perceptual hash (the DCT pHash): low frequencies of a 32x32 grey thumbnail against their median.
+
+    Re-encoding, resizing and mild crops move few bits, so near-duplicates sit within a small Hamming distance.
+    """
+    grey = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = (_DCT32 @ grey @ _DCT32.T)[:8, :8].flatten()
+    bits = low > np.median(low)
+    return int(sum(1 << (63 - i) for i, bit in enumerate(bits) if bit))
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
+    """Decode, judge and re-encode fetched bytes; raises Rejected with an image-stage reason code."""
+    img = open_checked(data, cfg.max_pixels)
+    ow, oh = img.size
+    if min(ow, oh) < cfg.min_side:
+        raise Rejected(reasons.TOO_SMALL, f"{ow}x{oh}")
+    if max(ow, oh) / min(ow, oh) > cfg.max_aspect_ratio:
+        raise Rejected(reasons.BAD_ASPECT_RATIO, f"{ow}x{oh}")
+    rgb = to_rgb(img)
+    out = resize(rgb, cfg)
+    buf = io.BytesIO()
+    # No exif= and no icc_profile= argument: metadata (GPS, camera serials) does not travel into the dataset.
+    out.save(buf, format=_FORMATS[cfg.encode_format], quality=cfg.quality)
+    return ProcessedImage(
+        data=buf.getvalue(),
+        ext=cfg.encode_format,
+        width=out.width,
+        height=out.height,
+        original_width=rgb.width,
+        original_height=rgb.height,
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=phash(rgb),
+    )

@@ -1,0 +1,143 @@
+"""Image stage: bombs, corrupt and truncated bytes, tiny icons, EXIF stripping, resizing, perceptual hashes."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from pipeline.image import ImageConfig, hamming, phash, process_image
+from pipeline.rejection import Rejected, rejection_row
+from schemas import fields, reasons
+
+
+def _scene(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A photo-like picture: smooth random structure at several scales, which is what pHash is built for."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
+    return img.filter(ImageFilter.GaussianBlur(2))
+
+
+def _picture(w: int = 400, h: int = 300, fmt: str = "JPEG", **save) -> bytes:
+    img = _scene(w, h)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def _png_bomb(side: int = 30000) -> bytes:
+    """A real 1-bit PNG declaring side x side pixels: tiny on disk, gigapixels decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _reason(data: bytes, cfg: ImageConfig | None = None) -> str:
+    with pytest.raises(Rejected) as e:
+        process_image(data, cfg or ImageConfig())
+    return e.value.reason
+
+
+def test_keep_ratio_resize_and_metadata():
+    data = _picture(800, 600)
+    out = process_image(data, ImageConfig(image_size=256))
+    assert (out.original_width, out.original_height) == (800, 600)
+    assert (out.width, out.height) == (341, 256)
+    assert out.ext == "jpg"
+    assert Image.open(io.BytesIO(out.data)).size == (341, 256)
+    assert len(out.sha256) == 64 and 0 <= out.phash < 2**64
+
+
+@pytest.mark.parametrize(("mode", "size"), [("center_crop", (128, 128)), ("border", (128, 128)), ("no", (800, 600))])
+def test_resize_modes(mode, size):
+    out = process_image(_picture(800, 600), ImageConfig(image_size=128, resize_mode=mode))
+    assert (out.width, out.height) == size
+
+
+def test_small_images_are_not_upscaled_by_default():
+    out = process_image(_picture(100, 80), ImageConfig(image_size=256))
+    assert (out.width, out.height) == (100, 80)
+
+
+def test_exif_is_stripped_and_orientation_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    exif[0x010F] = "SecretCam"  # camera make
+    data = _picture(400, 300, exif=exif.tobytes())
+    assert b"SecretCam" in data
+    out = process_image(data, ImageConfig(resize_mode="no"))
+    assert b"SecretCam" not in out.data
+    decoded = Image.open(io.BytesIO(out.data))
+    assert decoded.size == (300, 400)
+    assert not decoded.getexif()
+
+
+def test_decompression_bomb_refused_before_decoding():
+    bomb = _png_bomb()
+    assert len(bomb) < 300_000
+    assert _reason(bomb) == reasons.DECOMPRESSION_BOMB
+
+
+def test_corrupt_truncated_and_non_images():
+    data = _picture(400, 300)
+    assert _reason(data[: len(data) // 2]) == reasons.DECODE_ERROR
+    assert _reason(data[:20] + bytes(range(256)) * 20) == reasons.DECODE_ERROR
+    assert _reason(b"<html><body>not an image</body></html>") == reasons.DECODE_ERROR
+    assert _reason(b"") == reasons.DECODE_ERROR
+
+
+def test_tiny_icons_and_extreme_aspect_ratio():
+    assert _reason(_picture(16, 16, "PNG")) == reasons.TOO_SMALL
+    assert _reason(_picture(2000, 100, "PNG")) == reasons.BAD_ASPECT_RATIO
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF"])
+def test_other_formats_decode(fmt):
+    out = process_image(_picture(300, 200, fmt), ImageConfig())
+    assert (out.original_width, out.original_height) == (300, 200)
+
+
+def test_transparent_png_composited_on_white():
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    out = process_image(buf.getvalue(), ImageConfig(resize_mode="no", encode_format="png"))
+    assert Image.open(io.BytesIO(out.data)).getpixel((10, 10)) == (255, 255, 255)
+
+
+def test_phash_near_duplicates_close_and_different_images_far():
+    original = Image.open(io.BytesIO(_picture(640, 480)))
+    recoded = Image.open(io.BytesIO(_picture(640, 480, quality=40)))
+    smaller = original.resize((320, 240))
+    cropped = original.crop((8, 6, 632, 474))
+    other = _scene(640, 480, seed=1)
+    h = phash(original)
+    assert hamming(h, phash(recoded)) <= 4
+    assert hamming(h, phash(smaller)) <= 4
+    assert hamming(h, phash(cropped)) <= 8
+    assert hamming(h, phash(other)) > 16
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="resize_mode"):
+        ImageConfig(resize_mode="stretch")
+    with pytest.raises(ValueError, match="encode_format"):
+        ImageConfig(encode_format="bmp")
+
+
+def test_rejection_row_carries_what_a_retry_needs():
+    cand = {fields.KEY: "k1", fields.URL: "http://h/x.jpg", fields.CAPTION: "a cat", fields.SOURCE: "s", "alt": "x"}
+    row = rejection_row(cand, reasons.HTTP_ERROR, "404")
+    assert row[fields.STAGE] == reasons.FETCH and row[fields.REASON] == reasons.HTTP_ERROR
+    assert row[fields.URL] == "http://h/x.jpg" and row[fields.DETAIL] == "404" and "alt" not in row
+    with pytest.raises(ValueError, match="unknown reason"):
+        Rejected("made_up")
