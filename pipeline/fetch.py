@@ -1,0 +1,264 @@
+"""Fetching one image politely and safely: robots.txt, opt-out headers, private addresses, bounded bodies.
+
+These are the per-request rules; the Beam stage that runs many of them in flight per worker builds on
+`fetch_image` and a shared `Fetcher` (connection pool, robots cache) created in a DoFn's setup().
+"""
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+
+from pipeline.image import ImageConfig, process_image
+from pipeline.politeness import (
+    DEFAULT_DISALLOWED_DIRECTIVES,
+    USER_AGENT,
+    USER_AGENT_TOKEN,
+    resolves_public,
+    robots_for_status,
+    robots_url,
+    x_robots_opt_out,
+)
+from pipeline.rejection import Rejected
+from schemas import CANDIDATE_SCHEMA, fields, reasons
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_RETRYABLE = (429, 503)
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    user_agent: str = USER_AGENT
+    user_agent_token: str = USER_AGENT_TOKEN
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    max_bytes: int = 32 * 1024 * 1024
+    max_redirects: int = 5
+    tries: int = 3  # for 429/503 only; other errors are not retried
+    max_retry_after: float = 10.0  # a server asking for longer waits than this is treated as a failure
+    allow_private: bool = False  # loopback/private targets need an explicit yes (the synthetic web does)
+    respect_robots: bool = True
+    disallowed_directives: frozenset[str] = field(default_factory=lambda: DEFAULT_DISALLOWED_DIRECTIVES)
+
+    def __post_init__(self) -> None:
+        if self.tries < 1 or self.max_redirects < 0 or self.max_bytes < 1:
+            raise ValueError("tries must be >= 1, max_redirects >= 0, max_bytes >= 1")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    status: int
+    content_type: str
+    final_url: str
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or HTTP date); None if absent or unparsable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+class Fetcher:
+    """A connection pool and a robots.txt cache shared by the threads of one worker.
+
+    robots.txt is fetched once per host (a lock per host keeps concurrent first requests from all fetching it).
+    """
+
+    def __init__(self, cfg: FetchConfig, pool_size: int = 64):
+        self.cfg = cfg
+        self.http = urllib3.PoolManager(
+            num_pools=1024,
+            maxsize=pool_size,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
+            headers={"User-Agent": cfg.user_agent},
+        )
+        self._robots: dict[str, object] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def robots_allows(self, url: str) -> bool:
+        host = urlsplit(url).netloc.lower()
+        with self._guard:
+            lock = self._locks.setdefault(host, threading.Lock())
+        with lock:
+            if host not in self._robots:
+                self._robots[host] = self._fetch_robots(robots_url(url))
+        return self._robots[host].can_fetch(self.cfg.user_agent_token, url)
+
+    def _fetch_robots(self, url: str):
+        try:
+            resp = self.http.request("GET", url, redirect=True, preload_content=True)
+            return robots_for_status(resp.status, resp.data.decode("utf-8", "replace"))
+        except urllib3.exceptions.HTTPError:
+            return robots_for_status(599)  # unreachable: RFC 9309 says assume complete disallow
+
+    def close(self) -> None:
+        self.http.clear()
+
+
+def check_target(url: str, cfg: FetchConfig) -> None:
+    """Refuse non-http(s) URLs and, unless allowed, hosts that resolve to private addresses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Rejected(reasons.INVALID_URL, url[:200])
+    if not cfg.allow_private:
+        ok, why = resolves_public(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        if not ok:
+            raise Rejected(reasons.PRIVATE_ADDRESS if "resolves to" in why else reasons.CONNECTION_ERROR, why)
+
+
+def _read_bounded(resp: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
+    declared = resp.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise Rejected(reasons.TOO_LARGE, f"Content-Length {declared}")
+    chunks, total = [], 0
+    for chunk in resp.stream(64 * 1024):
+        total += len(chunk)
+        if total > max_bytes:
+            raise Rejected(reasons.TOO_LARGE, f"over {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _release(resp: urllib3.BaseHTTPResponse, consumed: bool) -> None:
+    """Give the connection back for reuse only if its body was read; a small unread body is drained, a large one
+    (or one that failed mid-read) closes the connection instead of being downloaded for nothing."""
+    if not consumed:
+        length = resp.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= 256 * 1024:
+            resp.drain_conn()
+        else:
+            resp.close()
+    resp.release_conn()
+
+
+def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]:
+    """GET following redirects by hand, so every hop is checked against robots and the address rules."""
+    cfg = fetcher.cfg
+    seen = set()
+    for _ in range(cfg.max_redirects + 1):
+        check_target(url, cfg)
+        if cfg.respect_robots and not fetcher.robots_allows(url):
+            raise Rejected(reasons.ROBOTS_DISALLOWED, url[:200])
+        if url in seen:
+            raise Rejected(reasons.TOO_MANY_REDIRECTS, f"loop at {url[:200]}")
+        seen.add(url)
+        try:
+            resp = fetcher.http.request("GET", url, redirect=False, preload_content=False)
+        except urllib3.exceptions.TimeoutError as e:
+            raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
+        except urllib3.exceptions.HTTPError as e:
+            raise Rejected(reasons.CONNECTION_ERROR, str(e)[:200]) from None
+        if resp.status in _REDIRECTS and resp.headers.get("Location"):
+            url = urljoin(url, resp.headers["Location"])
+            _release(resp, consumed=False)
+            continue
+        return resp, url
+    raise Rejected(reasons.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects}")
+
+
+def fetch_image(fetcher: Fetcher, url: str, sleep=time.sleep) -> Fetched:
+    """Fetch `url` as an image or raise Rejected with a fetch-stage reason code."""
+    cfg = fetcher.cfg
+    for attempt in range(1, cfg.tries + 1):
+        resp, final_url = _request(fetcher, url)
+        consumed = False
+        try:
+            if resp.status in _RETRYABLE:
+                wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                wait = min(2.0 ** (attempt - 1), cfg.max_retry_after) if wait is None else wait
+                if attempt == cfg.tries or wait > cfg.max_retry_after:
+                    raise Rejected(reasons.RATE_LIMITED, f"HTTP {resp.status} after {attempt} tries")
+                sleep(wait)
+                continue
+            if not 200 <= resp.status < 300:
+                raise Rejected(reasons.HTTP_ERROR, str(resp.status))
+            opt_out = x_robots_opt_out(
+                resp.headers.getlist("X-Robots-Tag"), cfg.user_agent_token, cfg.disallowed_directives
+            )
+            if opt_out:
+                raise Rejected(reasons.OPT_OUT, opt_out)
+            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+                raise Rejected(reasons.WRONG_CONTENT_TYPE, ctype)
+            try:
+                data = _read_bounded(resp, cfg.max_bytes)
+                consumed = True
+            except urllib3.exceptions.TimeoutError as e:
+                raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
+            except urllib3.exceptions.HTTPError as e:
+                raise Rejected(reasons.CONNECTION_ERROR, str(e)[:200]) from None
+            return Fetched(data=data, status=resp.status, content_type=ctype, final_url=final_url)
+        finally:
+            _release(resp, consumed)
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def sample_from_candidate(fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig) -> tuple[dict, bytes]:
+    """Fetch and process one candidate into a (SAMPLE_SCHEMA row, image bytes) pair; raises Rejected."""
+    url = candidate[fields.URL]
+    if not url:
+        raise Rejected(reasons.INVALID_URL, "empty URL")
+    fetched = fetch_image(fetcher, url)
+    img = process_image(fetched.data, image_cfg)
+    row = {name: candidate.get(name) for name in CANDIDATE_SCHEMA.names}
+    row.update(
+        {
+            fields.STATUS: fields.STATUS_SUCCESS,
+            fields.HTTP_STATUS: fetched.status,
+            fields.WIDTH: img.width,
+            fields.HEIGHT: img.height,
+            fields.ORIGINAL_WIDTH: img.original_width,
+            fields.ORIGINAL_HEIGHT: img.original_height,
+            fields.IMAGE_FORMAT: img.ext,
+            fields.BYTES: len(img.data),
+            fields.SHA256: img.sha256,
+            fields.PHASH: img.phash,
+        }
+    )
+    return row, img.data
+
+
+def fetch_candidates(
+    candidates: Iterable[dict], fetch_cfg: FetchConfig, image_cfg: ImageConfig, threads: int = 32
+) -> Iterator[tuple[dict, bytes] | Rejected]:
+    """Fetch many candidates on a thread pool of one process; yields, in input order, a sample or a Rejected
+    whose `.candidate` is set. Nothing is dropped: every input yields exactly one output."""
+    fetcher = Fetcher(fetch_cfg, pool_size=threads)
+
+    def one(candidate: dict) -> tuple[dict, bytes] | Rejected:
+        try:
+            return sample_from_candidate(fetcher, candidate, image_cfg)
+        except Rejected as e:
+            e.candidate = candidate
+            return e
+
+    # A bounded window of futures: Executor.map would submit (and hold) every candidate at once.
+    window: deque = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for candidate in candidates:
+                window.append(pool.submit(one, candidate))
+                if len(window) >= 4 * threads:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+    finally:
+        fetcher.close()

@@ -1,0 +1,165 @@
+"""The per-request fetch rules over real HTTP on loopback: robots, opt-outs, retries, redirects, limits."""
+
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from pipeline.fetch import FetchConfig, Fetcher, fetch_candidates, fetch_image, retry_after_seconds
+from pipeline.image import ImageConfig
+from pipeline.rejection import Rejected
+from schemas import fields, reasons
+
+
+def _jpeg(w: int = 120, h: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 120, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+JPEG = _jpeg()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hits: dict = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            for value in v if isinstance(v, list) else [v]:
+                self.send_header(k, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        with self.lock:
+            self.hits[self.path] = self.hits.get(self.path, 0) + 1
+            n = self.hits[self.path]
+        routes = {
+            "/robots.txt": lambda: self._send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain"),
+            "/ok.jpg": lambda: self._send(200, JPEG),
+            "/private/a.jpg": lambda: self._send(200, JPEG),
+            "/missing.jpg": lambda: self._send(404, b"nope", "text/html"),
+            "/flaky.jpg": lambda: (
+                self._send(429, b"", headers={"Retry-After": "0"}) if n == 1 else self._send(200, JPEG)
+            ),
+            "/always429.jpg": lambda: self._send(429, b"", headers={"Retry-After": "0"}),
+            "/patient.jpg": lambda: self._send(503, b"", headers={"Retry-After": "3600"}),
+            "/noai.jpg": lambda: self._send(200, JPEG, headers={"X-Robots-Tag": "noai"}),
+            "/otherbot.jpg": lambda: self._send(200, JPEG, headers={"X-Robots-Tag": ["otherbot: noai", "nofollow"]}),
+            "/page.jpg": lambda: self._send(200, b"<html></html>", "text/html"),
+            "/big.jpg": lambda: self._send(200, b"\xff" * 5000),
+            "/redirect.jpg": lambda: self._send(302, b"", headers={"Location": "/ok.jpg"}),
+            "/to-private.jpg": lambda: self._send(301, b"", headers={"Location": "/private/a.jpg"}),
+            "/loop-a.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-b.jpg"}),
+            "/loop-b.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-a.jpg"}),
+            "/corrupt.jpg": lambda: self._send(200, JPEG[:40]),
+        }
+        routes.get(self.path, lambda: self._send(404, b"", "text/html"))()
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def fetcher():
+    f = Fetcher(FetchConfig(allow_private=True, max_bytes=4096, read_timeout=5))
+    yield f
+    f.close()
+
+
+def _reason(fetcher, url) -> str:
+    with pytest.raises(Rejected) as e:
+        fetch_image(fetcher, url, sleep=lambda s: None)
+    return e.value.reason
+
+
+def test_ok_and_redirect(fetcher, base_url):
+    got = fetch_image(fetcher, f"{base_url}/ok.jpg")
+    assert got.data == JPEG and got.status == 200 and got.content_type == "image/jpeg"
+    got = fetch_image(fetcher, f"{base_url}/redirect.jpg")
+    assert got.data == JPEG and got.final_url.endswith("/ok.jpg")
+
+
+def test_robots_checked_on_every_hop(fetcher, base_url):
+    robots_before = _Handler.hits.get("/robots.txt", 0)
+    assert _reason(fetcher, f"{base_url}/private/a.jpg") == reasons.ROBOTS_DISALLOWED
+    assert _reason(fetcher, f"{base_url}/to-private.jpg") == reasons.ROBOTS_DISALLOWED
+    assert _Handler.hits.get("/private/a.jpg") is None  # never requested
+    assert _Handler.hits["/robots.txt"] == robots_before + 1  # fetched once per host and fetcher
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/missing.jpg", reasons.HTTP_ERROR),
+        ("/noai.jpg", reasons.OPT_OUT),
+        ("/page.jpg", reasons.WRONG_CONTENT_TYPE),
+        ("/big.jpg", reasons.TOO_LARGE),
+        ("/loop-a.jpg", reasons.TOO_MANY_REDIRECTS),
+        ("/always429.jpg", reasons.RATE_LIMITED),
+        ("/patient.jpg", reasons.RATE_LIMITED),
+    ],
+)
+def test_fetch_rejections(fetcher, base_url, path, reason):
+    assert _reason(fetcher, base_url + path) == reason
+
+
+def test_opt_out_scoped_to_another_agent_is_fetched(fetcher, base_url):
+    assert fetch_image(fetcher, f"{base_url}/otherbot.jpg").data == JPEG
+
+
+def test_retry_after_then_success(fetcher, base_url):
+    waits = []
+    got = fetch_image(fetcher, f"{base_url}/flaky.jpg", sleep=waits.append)
+    assert got.data == JPEG and waits == [0.0]
+
+
+def test_always_429_tries_are_bounded(fetcher, base_url):
+    before = _Handler.hits.get("/always429.jpg", 0)
+    _reason(fetcher, f"{base_url}/always429.jpg")
+    assert _Handler.hits["/always429.jpg"] - before == fetcher.cfg.tries
+
+
+def test_private_addresses_refused_by_default(base_url):
+    f = Fetcher(FetchConfig())
+    with pytest.raises(Rejected) as e:
+        fetch_image(f, f"{base_url}/ok.jpg")
+    assert e.value.reason == reasons.PRIVATE_ADDRESS
+    assert _reason(f, "ftp://example.com/x.jpg") == reasons.INVALID_URL
+
+
+def test_retry_after_parsing():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 30) == 30.0
+
+
+def test_fetch_candidates_accounts_for_every_candidate(base_url):
+    paths = ["/ok.jpg", "/missing.jpg", "/corrupt.jpg", "/noai.jpg", "/redirect.jpg"] * 6
+    cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p, fields.CAPTION: f"c{i}"} for i, p in enumerate(paths)]
+    out = list(fetch_candidates(cands, FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=4))
+    assert len(out) == len(cands)
+    kinds = [o.reason if isinstance(o, Rejected) else "kept" for o in out]
+    assert kinds == ["kept", reasons.HTTP_ERROR, reasons.DECODE_ERROR, reasons.OPT_OUT, "kept"] * 6
+    row, image = out[0]
+    assert row[fields.KEY] == "k0" and row[fields.WIDTH] == 120 and row[fields.STATUS] == fields.STATUS_SUCCESS
+    assert Image.open(io.BytesIO(image)).size == (120, 90)
+    assert out[1].candidate[fields.KEY] == "k1"
