@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
@@ -42,13 +43,15 @@ class FetchConfig:
     max_redirects: int = 5
     tries: int = 3  # for 429/503 only; other errors are not retried
     max_retry_after: float = 10.0  # a server asking for longer waits than this is treated as a failure
+    max_per_host: int = 16  # requests in flight to one host, whatever the worker's total
+    min_host_delay: float = 0.0  # seconds between the starts of two requests to one host
     allow_private: bool = False  # loopback/private targets need an explicit yes (the synthetic web does)
     respect_robots: bool = True
     disallowed_directives: frozenset[str] = field(default_factory=lambda: DEFAULT_DISALLOWED_DIRECTIVES)
 
     def __post_init__(self) -> None:
-        if self.tries < 1 or self.max_redirects < 0 or self.max_bytes < 1:
-            raise ValueError("tries must be >= 1, max_redirects >= 0, max_bytes >= 1")
+        if self.tries < 1 or self.max_redirects < 0 or self.max_bytes < 1 or self.max_per_host < 1:
+            raise ValueError("tries, max_bytes and max_per_host must be >= 1, max_redirects >= 0")
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,32 @@ class Fetcher:
         )
         self._robots: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._last_start: dict[str, float] = {}
         self._guard = threading.Lock()
+
+    def _host_lock(self, host: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(host, threading.Lock())
+
+    @contextmanager
+    def host_slot(self, url: str) -> Iterator[None]:
+        """Hold one of the host's `max_per_host` slots, starting no sooner than `min_host_delay` after the last."""
+        host = urlsplit(url).netloc.lower()
+        with self._guard:
+            slot = self._slots.setdefault(host, threading.BoundedSemaphore(self.cfg.max_per_host))
+        with slot:
+            if self.cfg.min_host_delay > 0:
+                with self._host_lock(host):
+                    wait = self._last_start.get(host, 0.0) + self.cfg.min_host_delay - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    self._last_start[host] = time.monotonic()
+            yield
 
     def robots_allows(self, url: str) -> bool:
         host = urlsplit(url).netloc.lower()
-        with self._guard:
-            lock = self._locks.setdefault(host, threading.Lock())
-        with lock:
+        with self._host_lock(host):
             if host not in self._robots:
                 self._robots[host] = self._fetch_robots(robots_url(url))
         return self._robots[host].can_fetch(self.cfg.user_agent_token, url)
@@ -161,7 +183,8 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
             raise Rejected(reasons.TOO_MANY_REDIRECTS, f"loop at {url[:200]}")
         seen.add(url)
         try:
-            resp = fetcher.http.request("GET", url, redirect=False, preload_content=False)
+            with fetcher.host_slot(url):
+                resp = fetcher.http.request("GET", url, redirect=False, preload_content=False)
         except urllib3.exceptions.TimeoutError as e:
             raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
         except urllib3.exceptions.HTTPError as e:
@@ -236,26 +259,26 @@ def sample_from_candidate(fetcher: Fetcher, candidate: dict, image_cfg: ImageCon
     return row, img.data
 
 
+def fetch_or_reject(fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig) -> tuple[dict, bytes] | Rejected:
+    """A sample, or the Rejected (with `.candidate` set) that says why not: every candidate gets one answer."""
+    try:
+        return sample_from_candidate(fetcher, candidate, image_cfg)
+    except Rejected as e:
+        e.candidate = candidate
+        return e
+
+
 def fetch_candidates(
     candidates: Iterable[dict], fetch_cfg: FetchConfig, image_cfg: ImageConfig, threads: int = 32
 ) -> Iterator[tuple[dict, bytes] | Rejected]:
-    """Fetch many candidates on a thread pool of one process; yields, in input order, a sample or a Rejected
-    whose `.candidate` is set. Nothing is dropped: every input yields exactly one output."""
+    """Fetch many candidates on a thread pool of one process; yields, in input order, one answer per candidate."""
     fetcher = Fetcher(fetch_cfg, pool_size=threads)
-
-    def one(candidate: dict) -> tuple[dict, bytes] | Rejected:
-        try:
-            return sample_from_candidate(fetcher, candidate, image_cfg)
-        except Rejected as e:
-            e.candidate = candidate
-            return e
-
     # A bounded window of futures: Executor.map would submit (and hold) every candidate at once.
     window: deque = deque()
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for candidate in candidates:
-                window.append(pool.submit(one, candidate))
+                window.append(pool.submit(fetch_or_reject, fetcher, candidate, image_cfg))
                 if len(window) >= 4 * threads:
                     yield window.popleft().result()
             while window:

@@ -2,6 +2,7 @@
 
 import io
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -26,6 +27,19 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hits: dict = {}
     lock = threading.Lock()
+    in_flight = 0
+    max_in_flight = 0
+    starts: list = []
+
+    def _slow(self):
+        with self.lock:
+            _Handler.in_flight += 1
+            _Handler.max_in_flight = max(_Handler.max_in_flight, _Handler.in_flight)
+            _Handler.starts.append(time.monotonic())
+        time.sleep(0.15)
+        with self.lock:
+            _Handler.in_flight -= 1
+        self._send(200, JPEG)
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -63,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/loop-a.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-b.jpg"}),
             "/loop-b.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-a.jpg"}),
             "/corrupt.jpg": lambda: self._send(200, JPEG[:40]),
+            "/slow.jpg": self._slow,
         }
         routes.get(self.path, lambda: self._send(404, b"", "text/html"))()
 
@@ -163,3 +178,39 @@ def test_fetch_candidates_accounts_for_every_candidate(base_url):
     assert row[fields.KEY] == "k0" and row[fields.WIDTH] == 120 and row[fields.STATUS] == fields.STATUS_SUCCESS
     assert Image.open(io.BytesIO(image)).size == (120, 90)
     assert out[1].candidate[fields.KEY] == "k1"
+
+
+def test_per_host_concurrency_cap_and_delay(base_url):
+    cands = [{fields.KEY: f"s{i}", fields.URL: f"{base_url}/slow.jpg"} for i in range(9)]
+    _Handler.max_in_flight = 0
+    cfg = FetchConfig(allow_private=True, max_per_host=3)
+    out = list(fetch_candidates(cands, cfg, ImageConfig(min_side=16), threads=9))
+    assert all(not isinstance(o, Rejected) for o in out)
+    assert _Handler.max_in_flight == 3
+
+    _Handler.starts.clear()
+    cfg = FetchConfig(allow_private=True, min_host_delay=0.1)
+    list(fetch_candidates(cands[:4], cfg, ImageConfig(min_side=16), threads=4))
+    gaps = [b - a for a, b in zip(_Handler.starts, _Handler.starts[1:], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= 0.09
+
+
+def test_fetch_images_beam_stage(base_url):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.fetch_stage import REJECTED, FetchImages
+
+    paths = ["/ok.jpg", "/missing.jpg", "/private/a.jpg", "/redirect.jpg", "/corrupt.jpg"]
+    cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p, fields.CAPTION: p} for i, p in enumerate(paths)]
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | beam.Create(cands) | FetchImages(FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=4)
+        kept = out.samples | beam.Map(lambda s: (s[0][fields.KEY], s[0][fields.WIDTH], len(s[1]) > 0))
+        bad = out[REJECTED] | beam.Map(lambda r: (r[fields.KEY], r[fields.REASON]))
+        assert_that(kept, equal_to([("k0", 120, True), ("k3", 120, True)]), label="kept")
+        assert_that(
+            bad,
+            equal_to([("k1", reasons.HTTP_ERROR), ("k2", reasons.ROBOTS_DISALLOWED), ("k4", reasons.DECODE_ERROR)]),
+            label="rejected",
+        )
