@@ -7,7 +7,7 @@ These are the per-request rules; the Beam stage that runs many of them in flight
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,8 +197,27 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
     raise Rejected(reasons.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects}")
 
 
+def _is_image_type(ctype: str) -> bool:
+    return ctype.startswith("image/") or ctype == "application/octet-stream"
+
+
+def _is_html_type(ctype: str) -> bool:
+    return ctype in ("text/html", "application/xhtml+xml")
+
+
 def fetch_image(fetcher: Fetcher, url: str, sleep=time.sleep) -> Fetched:
     """Fetch `url` as an image or raise Rejected with a fetch-stage reason code."""
+    return fetch_url(fetcher, url, _is_image_type, sleep)
+
+
+def fetch_page(fetcher: Fetcher, url: str, sleep=time.sleep) -> Fetched:
+    """Fetch `url` as an HTML page under the same rules (robots, opt-outs, limits) as images."""
+    return fetch_url(fetcher, url, _is_html_type, sleep)
+
+
+def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=time.sleep) -> Fetched:
+    """GET `url` under every politeness and safety rule; `accept` judges the Content-Type (an absent one passes,
+    the bytes then decide). Raises Rejected with a fetch-stage reason code."""
     cfg = fetcher.cfg
     for attempt in range(1, cfg.tries + 1):
         resp, final_url = _request(fetcher, url)
@@ -219,7 +238,7 @@ def fetch_image(fetcher: Fetcher, url: str, sleep=time.sleep) -> Fetched:
             if opt_out:
                 raise Rejected(reasons.OPT_OUT, opt_out)
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+            if ctype and not accept(ctype):
                 raise Rejected(reasons.WRONG_CONTENT_TYPE, ctype)
             try:
                 data = _read_bounded(resp, cfg.max_bytes)

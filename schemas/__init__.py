@@ -5,6 +5,7 @@ from schemas.keys import KEY_PATTERN, make_key, shard_name, validate_key
 from schemas.manifest import DatasetManifest, FileEntry, ShardEntry
 from schemas.records import (
     CANDIDATE_SCHEMA,
+    PAGE_SCHEMA,
     REJECTION_SCHEMA,
     SAMPLE_SCHEMA,
     embeddings_schema,
@@ -15,6 +16,7 @@ from schemas.version import SCHEMA_VERSION, SchemaVersionError, check_schema_ver
 __all__ = [
     "CANDIDATE_SCHEMA",
     "KEY_PATTERN",
+    "PAGE_SCHEMA",
     "REJECTION_SCHEMA",
     "SAMPLE_SCHEMA",
     "SCHEMA_VERSION",

@@ -34,6 +34,11 @@ HTTP_STATUS = "http_status"
 STAGE = "stage"
 DETAIL = "detail"
 
+# Crawl log: one row per page a crawl tried.
+DEPTH = "depth"
+IMAGES = "images"
+LINKS = "links"
+
 # Embeddings.
 EMBEDDING = "embedding"
 MODEL = "model"

@@ -61,6 +61,19 @@ REJECTION_SCHEMA = pa.schema(
 )
 
 
+PAGE_SCHEMA = pa.schema(
+    [
+        pa.field(f.PAGE_URL, pa.string(), nullable=False),
+        pa.field(f.DEPTH, pa.int32(), nullable=False),
+        pa.field(f.STATUS, pa.string(), nullable=False),  # "success" or a reason code
+        pa.field(f.DETAIL, pa.string()),
+        pa.field(f.IMAGES, pa.int32()),
+        pa.field(f.LINKS, pa.int32()),
+    ],
+    metadata=_META,
+)
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     """One row per sample key: an L2-normalised embedding of fixed width, and the model that made it."""
     if dim <= 0:

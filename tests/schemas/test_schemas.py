@@ -6,6 +6,7 @@ import pytest
 
 from schemas import (
     CANDIDATE_SCHEMA,
+    PAGE_SCHEMA,
     REJECTION_SCHEMA,
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,
@@ -42,16 +43,15 @@ def _sample_row(key: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("schema", [CANDIDATE_SCHEMA, SAMPLE_SCHEMA, REJECTION_SCHEMA, embeddings_schema(4)])
+@pytest.mark.parametrize(
+    "schema", [CANDIDATE_SCHEMA, SAMPLE_SCHEMA, REJECTION_SCHEMA, PAGE_SCHEMA, embeddings_schema(4)]
+)
 def test_schema_parquet_round_trip(tmp_path, schema):
     rows = []
     for i in range(3):
         row = {name: None for name in schema.names}
-        row[fields.KEY] = f"k{i}"
         for name in schema.names:
             typ = schema.field(name).type
-            if name == fields.KEY:
-                continue
             if pa.types.is_string(typ):
                 row[name] = f"{name}-{i}"
             elif pa.types.is_integer(typ):
