@@ -54,7 +54,7 @@ def largest_from_srcset(srcset: str) -> str | None:
     return best
 
 
-def _absolute(base: str, ref: str | None) -> str | None:
+def absolute_url(base: str, ref: str | None) -> str | None:
     if not ref:
         return None
     ref = ref.strip()
@@ -82,7 +82,7 @@ def extract_page(html: str | bytes, page_url: str) -> Page:
         ref = next((attrs[a] for a in _LAZY_ATTRS if attrs.get(a)), None) or attrs.get("src")
         if attrs.get("srcset"):
             ref = largest_from_srcset(attrs["srcset"]) or ref
-        url = _absolute(base, ref)
+        url = absolute_url(base, ref)
         if url is None:
             continue
         figcaption = None
@@ -95,7 +95,7 @@ def extract_page(html: str | bytes, page_url: str) -> Page:
         images.append(ImageRef(url, _clean(attrs.get("alt")), _clean(attrs.get("title")), figcaption or None))
     links = []
     for a in tree.css("a[href]"):
-        url = _absolute(base, a.attributes.get("href"))
+        url = absolute_url(base, a.attributes.get("href"))
         if url:
             links.append(url)
     return Page(
