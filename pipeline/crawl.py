@@ -3,6 +3,7 @@
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import apache_beam as beam
@@ -103,7 +104,7 @@ class CrawlPages(beam.PTransform):
         self.cfg = cfg
         self.fetch_cfg = fetch_cfg
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:  # {"pages", "candidates"}
         allowed = allowed_netlocs(self.seeds, self.cfg)
         frontier = pbegin | "Seeds" >> beam.Create(self.seeds)
         visited, pages, candidates = [], [], []

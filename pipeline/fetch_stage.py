@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -56,7 +57,8 @@ class FetchImages(beam.PTransform):
         self.image_cfg = image_cfg
         self.threads = threads
 
-    def expand(self, candidates: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
+    def expand(self, candidates: beam.PCollection) -> Any:
         return (
             candidates
             | "Spread" >> beam.Reshuffle()

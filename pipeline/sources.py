@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -184,7 +185,8 @@ class ReadUrlLists(beam.PTransform):
         super().__init__()
         self.cfg = cfg
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+    # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
         paths = match_paths(self.cfg.pattern)
         return (
             pbegin

@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urljoin
 
 import apache_beam as beam
@@ -121,7 +121,8 @@ class ReadArchives(beam.PTransform):
         super().__init__()
         self.pattern = pattern
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+    # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
         return (
             pbegin
             | "Files" >> beam.Create(match_paths(self.pattern))
