@@ -38,7 +38,8 @@ class FetchConfig:
     user_agent: str = USER_AGENT
     user_agent_token: str = USER_AGENT_TOKEN
     connect_timeout: float = 5.0
-    read_timeout: float = 10.0
+    read_timeout: float = 10.0  # between two reads from the socket
+    deadline: float = 30.0  # for a whole request, body included, whatever the server's pace
     max_bytes: int = 32 * 1024 * 1024
     max_redirects: int = 5
     tries: int = 3  # for 429/503 only; other errors are not retried
@@ -146,12 +147,22 @@ def check_target(url: str, cfg: FetchConfig) -> None:
             raise Rejected(reasons.PRIVATE_ADDRESS if "resolves to" in why else reasons.CONNECTION_ERROR, why)
 
 
-def _read_bounded(resp: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
+def _read_bounded(resp: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float) -> bytes:
+    """The body, refused past `max_bytes` (counted, whatever Content-Length claims) or past the deadline.
+
+    read1 returns whatever has arrived, so a server dripping a byte a second meets the deadline check on every
+    byte instead of hiding behind a read timeout that each byte resets.
+    """
     declared = resp.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise Rejected(reasons.TOO_LARGE, f"Content-Length {declared}")
     chunks, total = [], 0
-    for chunk in resp.stream(64 * 1024):
+    while True:
+        if time.monotonic() > deadline:
+            raise Rejected(reasons.TIMEOUT, f"body not complete by the deadline ({total} bytes read)")
+        chunk = resp.read1(64 * 1024)
+        if not chunk:
+            break
         total += len(chunk)
         if total > max_bytes:
             raise Rejected(reasons.TOO_LARGE, f"over {max_bytes} bytes")
@@ -159,10 +170,12 @@ def _read_bounded(resp: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _release(resp: urllib3.BaseHTTPResponse, consumed: bool) -> None:
-    """Give the connection back for reuse only if its body was read; a small unread body is drained, a large one
-    (or one that failed mid-read) closes the connection instead of being downloaded for nothing."""
-    if not consumed:
+def _release(resp: urllib3.BaseHTTPResponse, consumed: bool, reading: bool = False) -> None:
+    """Give the connection back for reuse only if its body was read; a small unread body is drained, a large one,
+    or one that failed mid-read (a dripping or endless server), closes the connection instead."""
+    if reading and not consumed:
+        resp.close()
+    elif not consumed:
         length = resp.headers.get("Content-Length", "")
         if length.isdigit() and int(length) <= 256 * 1024:
             resp.drain_conn()
@@ -220,8 +233,9 @@ def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=t
     the bytes then decide). Raises Rejected with a fetch-stage reason code."""
     cfg = fetcher.cfg
     for attempt in range(1, cfg.tries + 1):
+        started = time.monotonic()
         resp, final_url = _request(fetcher, url)
-        consumed = False
+        consumed = reading = False
         try:
             if resp.status in _RETRYABLE:
                 wait = retry_after_seconds(resp.headers.get("Retry-After"))
@@ -241,7 +255,8 @@ def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=t
             if ctype and not accept(ctype):
                 raise Rejected(reasons.WRONG_CONTENT_TYPE, ctype)
             try:
-                data = _read_bounded(resp, cfg.max_bytes)
+                reading = True
+                data = _read_bounded(resp, cfg.max_bytes, started + cfg.deadline)
                 consumed = True
             except urllib3.exceptions.TimeoutError as e:
                 raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
@@ -249,7 +264,7 @@ def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=t
                 raise Rejected(reasons.CONNECTION_ERROR, str(e)[:200]) from None
             return Fetched(data=data, status=resp.status, content_type=ctype, final_url=final_url)
         finally:
-            _release(resp, consumed)
+            _release(resp, consumed, reading)
     raise AssertionError("unreachable: the last try returns or raises")
 
 

@@ -6,7 +6,7 @@ import urllib.robotparser
 from urllib.parse import urlsplit, urlunsplit
 
 USER_AGENT_TOKEN = "wit-builder"
-USER_AGENT = f"{USER_AGENT_TOKEN}/0.1 (+https://github.com/wit-builder/wit-builder; image-text dataset research)"
+USER_AGENT = f"{USER_AGENT_TOKEN}/0.1 (image-text dataset research; obeys robots.txt and X-Robots-Tag noai)"
 # What img2dataset honours by default, plus "none" (which implies noindex); see its --disallowed_header_directives.
 DEFAULT_DISALLOWED_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
 # Directives that take a value after a colon; "unavailable_after: <date>" is not a user-agent prefix.

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.rejection import Rejected, rejection_row
-from schemas import fields, make_key, reasons
+from schemas import CANDIDATE_SCHEMA, fields, make_key, reasons
 
 REJECTED = "rejected"
 FORMATS = ("parquet", "csv", "tsv", "jsonl")
@@ -123,13 +123,20 @@ def candidate_from_row(row: dict, source: str, index: int, url_col: str, caption
     url = url.strip() if isinstance(url, str) else ""
     caption = row.get(caption_col) if caption_col else None
     caption = caption if isinstance(caption, str) else (None if caption is None else str(caption))
-    candidate = {
-        fields.KEY: make_key(source, index, url),
-        fields.URL: url,
-        fields.CAPTION: caption,
-        fields.SOURCE: source,
-        fields.SOURCE_ROW: index,
-    }
+    if _is_our_candidate(row):
+        # A candidates file written by `wit crawl`/`wit extract`: keep its key, page context and provenance.
+        candidate = {name: row.get(name) for name in CANDIDATE_SCHEMA.names} | {
+            fields.URL: url,
+            fields.CAPTION: caption,
+        }
+    else:
+        candidate = {
+            fields.KEY: make_key(source, index, url),
+            fields.URL: url,
+            fields.CAPTION: caption,
+            fields.SOURCE: source,
+            fields.SOURCE_ROW: index,
+        }
     if not url:
         raise _with_candidate(Rejected(reasons.MALFORMED_ROW, "no URL"), candidate)
     if url.startswith("//"):
@@ -137,6 +144,10 @@ def candidate_from_row(row: dict, source: str, index: int, url_col: str, caption
     if not url.lower().startswith(("http://", "https://")):
         raise _with_candidate(Rejected(reasons.INVALID_URL, url[:200]), candidate)
     return candidate
+
+
+def _is_our_candidate(row: dict) -> bool:
+    return all(name in row for name in CANDIDATE_SCHEMA.names) and isinstance(row.get(fields.KEY), str)
 
 
 def _with_candidate(e: Rejected, candidate: dict) -> Rejected:

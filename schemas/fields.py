@@ -44,3 +44,6 @@ EMBEDDING = "embedding"
 MODEL = "model"
 
 STATUS_SUCCESS = "success"
+
+# Values IMAGE_FORMAT may take: the extension of the image member in a shard tar.
+IMAGE_FORMATS = ("jpg", "png", "webp")

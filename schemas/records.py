@@ -5,7 +5,9 @@ import pyarrow as pa
 from schemas import fields as f
 from schemas.version import SCHEMA_VERSION
 
-_META = {b"wit_schema_version": SCHEMA_VERSION.encode()}
+# Parquet/Arrow schema metadata key holding the schema version: readers tell our files from others' by it.
+SCHEMA_VERSION_KEY = b"wit_schema_version"
+_META = {SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()}
 
 _CANDIDATE_FIELDS = [
     pa.field(f.KEY, pa.string(), nullable=False),

@@ -1,4 +1,4 @@
-"""`wit crawl` and `wit extract`: candidates from an HTML crawl or from Common Crawl WARC/WAT files.
+"""`wit crawl`, `wit extract`, `wit fetch`: candidates from crawls or WARC/WAT files, and images fetched.
 
 Both are Beam jobs: the job's own parser reads the arguments (and `--help`), and Beam reads the rest. The jobs
 are imported only when run, so `wit --help` does not pay for importing Beam.
@@ -10,6 +10,7 @@ import importlib
 _JOBS = {
     "crawl": ("beam_jobs.crawl", "crawl HTML pages from seed URLs into candidates (--seeds FILE --out DIR)"),
     "extract": ("beam_jobs.extract", "candidates from Common Crawl WARC/WAT files (--input GLOB --out DIR)"),
+    "fetch": ("beam_jobs.fetch", "fetch candidates' images into a dataset (--candidates PATH --out DATASET)"),
 }
 
 

@@ -44,6 +44,30 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
+    def _drip(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(JPEG)))
+        self.end_headers()
+        try:
+            for i in range(len(JPEG)):  # one byte every 50 ms: each read is quick, the whole is not
+                self.wfile.write(JPEG[i : i + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _endless(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")  # no Content-Length: it never says how long
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for _ in range(10_000):
+                self.wfile.write(b"\xff" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", headers: dict | None = None):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -78,6 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/loop-b.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-a.jpg"}),
             "/corrupt.jpg": lambda: self._send(200, JPEG[:40]),
             "/slow.jpg": self._slow,
+            "/drip.jpg": self._drip,
+            "/endless.jpg": self._endless,
         }
         routes.get(self.path, lambda: self._send(404, b"", "text/html"))()
 
@@ -214,3 +240,19 @@ def test_fetch_images_beam_stage(base_url):
             equal_to([("k1", reasons.HTTP_ERROR), ("k2", reasons.ROBOTS_DISALLOWED), ("k4", reasons.DECODE_ERROR)]),
             label="rejected",
         )
+
+
+def test_deadline_cuts_off_a_dripping_server(base_url):
+    f = Fetcher(FetchConfig(allow_private=True, read_timeout=5, deadline=0.5))
+    t0 = time.monotonic()
+    with pytest.raises(Rejected) as e:
+        fetch_image(f, f"{base_url}/drip.jpg")
+    assert e.value.reason == reasons.TIMEOUT
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_body_cap_holds_without_content_length(base_url):
+    f = Fetcher(FetchConfig(allow_private=True, max_bytes=1_000_000))
+    with pytest.raises(Rejected) as e:
+        fetch_image(f, f"{base_url}/endless.jpg")
+    assert e.value.reason == reasons.TOO_LARGE

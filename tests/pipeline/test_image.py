@@ -141,3 +141,21 @@ def test_rejection_row_carries_what_a_retry_needs():
     assert row[fields.URL] == "http://h/x.jpg" and row[fields.DETAIL] == "404" and "alt" not in row
     with pytest.raises(ValueError, match="unknown reason"):
         Rejected("made_up")
+
+
+def test_large_jpeg_decoded_at_reduced_scale_keeps_true_sizes():
+    out = process_image(_picture(2000, 1500), ImageConfig(image_size=256))
+    assert (out.original_width, out.original_height) == (2000, 1500)
+    assert (out.width, out.height) == (341, 256)
+    full = process_image(_picture(2000, 1500), ImageConfig(image_size=256, resize_mode="no"))
+    assert hamming(out.phash, full.phash) <= 4  # the draft decode sees the same picture
+
+
+def test_keep_ratio_largest():
+    out = process_image(_picture(800, 600), ImageConfig(image_size=200, resize_mode="keep_ratio_largest"))
+    assert (out.width, out.height) == (200, 150)
+
+
+def test_decoder_allowlist_refuses_other_formats():
+    assert _reason(_picture(300, 200, "TIFF")) == reasons.DECODE_ERROR
+    assert process_image(_picture(300, 200, "BMP"), ImageConfig()).original_width == 300

@@ -114,3 +114,17 @@ def test_read_url_lists_beam_stage(tmp_path):
 def test_no_matching_files_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match"), TestPipeline(runner="FnApiRunner") as p:
         _ = p | ReadUrlLists(UrlListConfig(str(tmp_path / "*.parquet")))
+
+
+def test_our_own_candidate_files_keep_keys_and_page_context(tmp_path):
+    from pipeline.html_extract import extract_page, page_candidates
+    from schemas import CANDIDATE_SCHEMA
+    from schemas.records import conform
+
+    page = extract_page('<title>T</title><img src="/a.jpg" alt="an apple on a table">', "http://h.example/p.html")
+    cands = page_candidates(page, "crawl")
+    pq.write_table(conform(cands, CANDIDATE_SCHEMA), tmp_path / "candidates-00000-of-00001.parquet")
+    path = tmp_path / "candidates-00000-of-00001.parquet"
+    rows = list(iter_rows(str(path), "parquet"))
+    url_col, cap_col = resolve_columns(rows[0], UrlListConfig(str(path)), str(path))
+    assert candidate_from_row(rows[0], "urls:x", 0, url_col, cap_col) == cands[0]

@@ -100,7 +100,9 @@ def test_curate_short_captions_are_not_guessed():
     assert reason is None and out[fields.LANG] is None
     out, reason = curate({fields.KEY: "k", fields.CAPTION: "un grand cercle rouge sur fond gris"}, TextConfig(), lid)
     assert reason == reasons.LANGUAGE and out[fields.LANG] == "fr"
-    out, reason = curate({fields.KEY: "k", fields.CAPTION: "une photo du grand cercle rouge"}, TextConfig(languages=()), lid)
+    out, reason = curate(
+        {fields.KEY: "k", fields.CAPTION: "une photo du grand cercle rouge"}, TextConfig(languages=()), lid
+    )
     assert reason is None and out[fields.LANG] == "fr" and out[fields.LANG_SCORE] > 0.3
 
 

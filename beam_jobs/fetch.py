@@ -1,0 +1,72 @@
+"""`wit fetch`: candidates (URL lists or our candidate files) -> fetched, resized, hashed images -> a dataset."""
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+
+import apache_beam as beam
+
+from beam_jobs.options import split_args
+from pipeline.fetch import FetchConfig
+from pipeline.fetch_stage import REJECTED, FetchImages
+from pipeline.image import RESIZE_MODES, ImageConfig
+from pipeline.sources import REJECTED as SOURCE_REJECTED
+from pipeline.sources import ReadUrlLists, UrlListConfig
+from pipeline.write_dataset import WriteDataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--candidates", required=True, help="URL list or candidates file(s): path or glob")
+    parser.add_argument("--out", required=True, help="dataset folder to write")
+    parser.add_argument("--format", default="auto", help="parquet, csv, tsv or jsonl (default: from the name)")
+    parser.add_argument("--url-col", help="URL column (default: url/URL/...; a 0-based index without header)")
+    parser.add_argument("--caption-col", help="caption column (default: caption/TEXT/...)")
+    parser.add_argument("--threads", type=int, default=64, help="requests in flight per worker")
+    parser.add_argument("--samples-per-shard", type=int, default=10_000)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="keep_ratio")
+    parser.add_argument("--min-image-side", type=int, default=32)
+    parser.add_argument("--max-per-host", type=int, default=16, help="requests in flight to one host")
+    parser.add_argument("--min-host-delay", type=float, default=0.0, help="seconds between requests to one host")
+    parser.add_argument("--timeout", type=float, default=10.0, help="read timeout in seconds")
+    parser.add_argument("--tries", type=int, default=3, help="tries for 429/503 responses")
+    parser.add_argument("--allow-private", action="store_true", help="allow loopback/private hosts (testing)")
+    parser.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt")
+
+
+def configs(args: argparse.Namespace) -> tuple[UrlListConfig, FetchConfig, ImageConfig]:
+    return (
+        UrlListConfig(args.candidates, format=args.format, url_col=args.url_col, caption_col=args.caption_col),
+        FetchConfig(
+            read_timeout=args.timeout,
+            tries=args.tries,
+            max_per_host=args.max_per_host,
+            min_host_delay=args.min_host_delay,
+            allow_private=args.allow_private,
+            respect_robots=not args.ignore_robots,
+        ),
+        ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, min_side=args.min_image_side),
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="wit fetch", description=__doc__)
+    add_arguments(parser)
+    args, options = split_args(parser, argv)
+    list_cfg, fetch_cfg, image_cfg = configs(args)
+    # Written into the manifest: what produced this dataset, so it can be reproduced or compared.
+    config = {
+        "job": "fetch",
+        "sources": dataclasses.asdict(list_cfg),
+        "fetch": dataclasses.asdict(fetch_cfg) | {"disallowed_directives": sorted(fetch_cfg.disallowed_directives)},
+        "image": dataclasses.asdict(image_cfg),
+        "threads": args.threads,
+        "samples_per_shard": args.samples_per_shard,
+    }
+    with beam.Pipeline(options=options) as p:
+        read = p | "Read" >> ReadUrlLists(list_cfg)
+        fetched = read.candidates | "Fetch" >> FetchImages(fetch_cfg, image_cfg, threads=args.threads)
+        rejected = (read[SOURCE_REJECTED], fetched[REJECTED]) | "AllRejected" >> beam.Flatten()
+        _ = {"samples": fetched.samples, "rejected": rejected} | "Write" >> WriteDataset(
+            args.out, args.samples_per_shard, config
+        )

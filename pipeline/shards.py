@@ -1,0 +1,378 @@
+"""Shard writer: WebDataset tar + Parquet shards, rejections, sizes.json and manifest.json, atomic and deterministic."""
+
+import hashlib
+import io
+import json
+import math
+import os
+import tarfile
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import (
+    REJECTION_SCHEMA,
+    SAMPLE_SCHEMA,
+    DatasetManifest,
+    FileEntry,
+    ShardEntry,
+    fields,
+    reasons,
+    shard_name,
+    validate_key,
+)
+from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR, SIZES_NAME
+from schemas.records import conform
+
+# Fixed tar metadata: with the sorted member order, a shard's bytes depend on its samples only. The date is
+# 2000-01-01, not 0, because GNU tar warns about "implausibly old" time stamps at the epoch.
+TAR_MTIME = 946_684_800
+TAR_MODE = 0o644
+# Fixed Parquet options: byte-identical files need identical writer settings as well as identical rows.
+PARQUET_OPTIONS = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "row_group_size": 10_000,
+    "use_dictionary": True,
+    "write_statistics": True,
+}
+KEPT = "kept"  # the funnel's count of candidates a stage let through, beside its reason codes
+TMP_SUFFIX = ".tmp"
+
+
+class _HashingFile:
+    """A write-only wrapper that hashes and counts what passes through, so no file is read back to checksum it."""
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self._sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:  # tarfile asks where it is when it opens
+        return self.size
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself lives in the directory: without this a power loss can forget a file we reported written.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(final: Path) -> None:
+    """Delete temp files a killed writer left for `final`.
+
+    Two live attempts at one shard (a Beam speculative retry) can race here; the loser's rename then fails and
+    Beam retries it, and since shards are deterministic the file that survives is the same either way.
+    """
+    for stale in final.parent.glob(f".{final.name}.*{TMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def _atomic_file(final: Path) -> Iterator[_HashingFile]:
+    """Write under a hidden name unique to this writer, fsync, then rename: `final` is whole or absent."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "xb") as raw:
+            out = _HashingFile(raw)
+            yield out
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def _write_bytes(root: Path, rel: str, data: bytes) -> FileEntry:
+    final = root / rel
+    _remove_stale_temps(final)
+    with _atomic_file(final) as out:
+        out.write(data)
+    return FileEntry(path=rel, bytes=out.size, sha256=out.hexdigest())
+
+
+def _invalidate_manifest(root: Path) -> None:
+    """Remove manifest.json and sizes.json before any file of the dataset changes.
+
+    Otherwise a rerun killed midway would leave the old manifest describing a mix of old and new shards.
+    """
+    removed = False
+    for name in (MANIFEST_NAME, SIZES_NAME, f"{SHARDS_DIR}/{SIZES_NAME}"):
+        path = root / name
+        if path.exists():
+            path.unlink(missing_ok=True)
+            removed = True
+    if removed:
+        _fsync_dir(root)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **PARQUET_OPTIONS)
+    return sink.getvalue().to_pybytes()
+
+
+def code_version() -> str:
+    """The installed wit-builder version for manifests (no commit hash or time, so manifests stay reproducible)."""
+    try:
+        return metadata.version("wit-builder")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def image_ext(row: Mapping) -> str:
+    """The tar extension of a sample's image member, from its image_format; ValueError if it is not one we store."""
+    fmt = row.get(fields.IMAGE_FORMAT)
+    if fmt not in fields.IMAGE_FORMATS:
+        raise ValueError(
+            f"sample {row.get(fields.KEY)!r}: {fields.IMAGE_FORMAT} {fmt!r} is not one of {list(fields.IMAGE_FORMATS)}"
+        )
+    return fmt
+
+
+def _fill(row: dict, name: str, value: object) -> None:
+    """Set a field the writer knows the truth of; a caller's different value is a bug upstream, so say so."""
+    if row.get(name) is None:
+        row[name] = value
+    elif row[name] != value:
+        raise ValueError(f"sample {row.get(fields.KEY)!r}: {name} is {row[name]!r}, but the shard stores {value!r}")
+
+
+def _prepare_samples(samples: Iterable[tuple[Mapping, bytes]]) -> list[tuple[dict, bytes, str]]:
+    """Validate keys and formats, fill status and bytes, and sort by key so arrival order never shows in a shard."""
+    prepared = []
+    for row, image in samples:
+        validate_key(row.get(fields.KEY))
+        if not isinstance(image, bytes | bytearray | memoryview):
+            raise TypeError(f"sample {row.get(fields.KEY)!r}: image must be bytes, got {type(image).__name__}")
+        image = bytes(image)
+        row = dict(row)
+        ext = image_ext(row)
+        _fill(row, fields.STATUS, fields.STATUS_SUCCESS)
+        _fill(row, fields.BYTES, len(image))
+        prepared.append((row, image, ext))
+    prepared.sort(key=lambda item: item[0][fields.KEY])
+    for (a, _, _), (b, _, _) in zip(prepared, prepared[1:], strict=False):
+        if a[fields.KEY] == b[fields.KEY]:
+            raise ValueError(f"duplicate sample key {a[fields.KEY]!r} in one shard")
+    return prepared
+
+
+def _json_safe(row: Mapping) -> dict:
+    # NaN and infinity are not JSON; a missing score reads better than a member other tools refuse to parse.
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = TAR_MODE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def _write_tar(out: _HashingFile, rows: list[dict], images: list[tuple[bytes, str]]) -> None:
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row, (image, ext) in zip(rows, images, strict=True):
+            key = row[fields.KEY]
+            caption = (row.get(fields.CAPTION) or "").encode()
+            meta = json.dumps(_json_safe(row), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+            for name, data in ((f"{key}.{ext}", image), (f"{key}.txt", caption), (f"{key}.json", meta)):
+                tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+
+
+def write_shard(dataset_dir: str | os.PathLike, index: int, samples: Iterable[tuple[Mapping, bytes]]) -> ShardEntry:
+    """Write shard `index` (tar + Parquet, same rows in key order) atomically; rerunning it rewrites the same bytes.
+
+    `samples` are (sample row with SAMPLE_SCHEMA fields, image bytes). Independent of every other shard, so a Beam
+    DoFn can call it per shard; it removes the dataset's manifest first, since the dataset is changing.
+    """
+    root = Path(dataset_dir)
+    name = shard_name(index)
+    prepared = _prepare_samples(samples)
+    table = conform([row for row, _, _ in prepared], SAMPLE_SCHEMA)
+    # The .json members come from the Arrow rows, so they hold exactly what Parquet holds (float32 scores included).
+    rows = table.to_pylist()
+    (root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    _invalidate_manifest(root)
+    tar_rel = f"{SHARDS_DIR}/{name}.tar"
+    _remove_stale_temps(root / tar_rel)
+    with _atomic_file(root / tar_rel) as out:
+        _write_tar(out, rows, [(image, ext) for _, image, ext in prepared])
+    tar_entry = FileEntry(path=tar_rel, bytes=out.size, sha256=out.hexdigest())
+    parquet_entry = _write_bytes(root, f"{SHARDS_DIR}/{name}.parquet", _parquet_bytes(table))
+    return ShardEntry(name=name, rows=len(rows), tar=tar_entry, parquet=parquet_entry)
+
+
+def write_rejections(dataset_dir: str | os.PathLike, part: str, rows: Iterable[Mapping]) -> FileEntry:
+    """Write `rejected/<part>.parquet` (REJECTION_SCHEMA) atomically, rows in a fixed order whatever their arrival."""
+    validate_key(part)  # the part names a file, so it obeys the same safety rule as a key
+    rows = [dict(row) for row in rows]
+    for row in rows:
+        _check_count(row.get(fields.STAGE), row.get(fields.REASON))
+    rows.sort(key=lambda row: json.dumps(row, sort_keys=True, default=str))
+    table = conform(rows, REJECTION_SCHEMA)
+    root = Path(dataset_dir)
+    (root / REJECTED_DIR).mkdir(parents=True, exist_ok=True)
+    _invalidate_manifest(root)
+    return _write_bytes(root, f"{REJECTED_DIR}/{part}.parquet", _parquet_bytes(table))
+
+
+def _check_count(stage: object, reason: object) -> None:
+    if stage not in reasons.STAGES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {list(reasons.STAGES)}")
+    if reason != KEPT and not (isinstance(reason, str) and reasons.is_known(reason)):
+        raise ValueError(f"unknown reason code {reason!r} (stage {stage}): add it to schemas/reasons.py")
+
+
+def _funnel(counts: Mapping, kept: int) -> dict[str, dict[str, int]]:
+    funnel: dict[str, dict[str, int]] = {}
+    for stage, by_reason in counts.items():
+        for reason, n in by_reason.items():
+            _check_count(stage, reason)
+            funnel.setdefault(stage, {})[reason] = int(n)
+    funnel.setdefault(reasons.SHARDS, {})[KEPT] = kept  # what the shards hold, whatever a caller counted
+    return funnel
+
+
+def _check_written(root: Path, entry: FileEntry) -> None:
+    path = root / entry.path
+    if not path.is_file() or path.stat().st_size != entry.bytes:
+        raise ValueError(f"{entry.path}: missing or not the {entry.bytes} bytes written; was it overwritten?")
+
+
+def finalize_dataset(
+    dataset_dir: str | os.PathLike,
+    shards: Iterable[ShardEntry],
+    rejected: Iterable[FileEntry],
+    counts: Mapping[str, Mapping[str, int]],
+    config: Mapping,
+) -> DatasetManifest:
+    """Write sizes.json, then manifest.json last: from then on the dataset is exactly what the manifest lists.
+
+    Entries may come in any order (Beam gives no order); they are sorted so the manifest is reproducible.
+    """
+    root = Path(dataset_dir)
+    shards = tuple(sorted(shards, key=lambda s: s.name))
+    rejected = tuple(sorted(rejected, key=lambda f: f.path))
+    names = [s.name for s in shards] + [f.path for f in rejected]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a shard or rejection file is listed twice: {sorted(n for n in names if names.count(n) > 1)}")
+    manifest = DatasetManifest(
+        shards=shards,
+        rejected=rejected,
+        counts=_funnel(counts, kept=sum(s.rows for s in shards)),
+        config=dict(config),
+        code_version=code_version(),
+    )
+    for entry in manifest.files():
+        _check_written(root, entry)
+    text = manifest.to_json()  # before anything is written: a config that is not JSON fails here
+    sizes = {Path(s.tar.path).name: s.rows for s in shards}
+    sizes_json = (json.dumps(sizes, indent=2, sort_keys=True) + "\n").encode()
+    _write_bytes(root, SIZES_NAME, sizes_json)
+    if shards:  # open_clip looks for sizes.json beside the tars, not at the dataset root
+        _write_bytes(root, f"{SHARDS_DIR}/{SIZES_NAME}", sizes_json)
+    _write_bytes(root, MANIFEST_NAME, text.encode())
+    return manifest
+
+
+class DatasetWriter:
+    """Single-process writer: samples fill shards in arrival order (key order inside each), rejections fill parts.
+
+    A clean exit writes sizes.json and manifest.json. An exception leaves no manifest, so readers see no dataset;
+    rerunning over the same directory replaces what was there. `reject(row)` counts its row's stage and reason;
+    `count()` is for what the writer never sees (e.g. candidates an earlier stage kept).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        samples_per_shard: int = 10_000,
+        config: Mapping | None = None,
+        rejections_per_part: int = 100_000,
+    ):
+        if samples_per_shard < 1 or rejections_per_part < 1:
+            raise ValueError("samples_per_shard and rejections_per_part must be at least 1")
+        self.dataset_dir = Path(dataset_dir)
+        self.samples_per_shard = samples_per_shard
+        self.rejections_per_part = rejections_per_part
+        self.config = dict(config or {})
+        self.manifest: DatasetManifest | None = None
+        self._samples: list[tuple[dict, bytes]] = []
+        self._rejections: list[dict] = []
+        self._shards: list[ShardEntry] = []
+        self._rejected: list[FileEntry] = []
+        self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def __enter__(self) -> "DatasetWriter":
+        self.dataset_dir.mkdir(parents=True, exist_ok=True)
+        _invalidate_manifest(self.dataset_dir)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+    def add(self, row: Mapping, image: bytes) -> None:
+        """Add one kept sample (SAMPLE_SCHEMA row, image bytes)."""
+        validate_key(row.get(fields.KEY))  # fail at the caller's line, not at a later flush
+        image_ext(row)
+        self._samples.append((dict(row), image))
+        if len(self._samples) >= self.samples_per_shard:
+            self._flush_samples()
+
+    def reject(self, row: Mapping) -> None:
+        """Record one rejected candidate (REJECTION_SCHEMA row) and count it under its stage and reason."""
+        self.count(row.get(fields.STAGE), row.get(fields.REASON))
+        self._rejections.append(dict(row))
+        if len(self._rejections) >= self.rejections_per_part:
+            self._flush_rejections()
+
+    def count(self, stage: str, reason: str, n: int = 1) -> None:
+        """Add `n` to the funnel count of (stage, reason code or "kept")."""
+        _check_count(stage, reason)
+        self._counts[stage][reason] += n
+
+    def close(self) -> DatasetManifest:
+        """Write what is buffered and finalize; idempotent."""
+        if self.manifest is None:
+            self._flush_samples()
+            self._flush_rejections()
+            self.manifest = finalize_dataset(self.dataset_dir, self._shards, self._rejected, self._counts, self.config)
+        return self.manifest
+
+    def _flush_samples(self) -> None:
+        if self._samples:
+            self._shards.append(write_shard(self.dataset_dir, len(self._shards), self._samples))
+            self._samples = []
+
+    def _flush_rejections(self) -> None:
+        if self._rejections:
+            part = shard_name(len(self._rejected))
+            self._rejected.append(write_rejections(self.dataset_dir, part, self._rejections))
+            self._rejections = []
