@@ -157,10 +157,14 @@ def hamming(a: int, b: int) -> int:
 def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     """Decode, judge and re-encode fetched bytes; raises Rejected with an image-stage reason code."""
     img = open_header(data, cfg)
-    ow, oh = img.size
-    if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # displayed rotated by 90 degrees
-        ow, oh = oh, ow
-    rgb = to_rgb(decode(img, cfg))
+    ow, oh = img.size  # from the header: a draft decode shrinks img.size
+    img = decode(img, cfg)
+    try:
+        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # displayed rotated by 90 degrees
+            ow, oh = oh, ow
+        rgb = to_rgb(img)
+    except Exception as e:  # a hostile EXIF block is a bad image, not a crash
+        raise Rejected(reasons.DECODE_ERROR, f"{type(e).__name__}: {e}"[:200]) from None
     out = resize(rgb, cfg)
     buf = io.BytesIO()
     # No exif= and no icc_profile= argument: metadata (GPS, camera serials) does not travel into the dataset.
