@@ -1,16 +1,11 @@
 """Shard reader and verifier: unsafe members, corruption, verification, schema versions, webdataset and img2dataset."""
 
 import dataclasses
-import functools
-import hashlib
-import http.server
 import io
 import json
 import tarfile
-import threading
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -271,53 +266,3 @@ def test_webdataset_reads_our_shards(tmp_path):
     assert [s["png"] for s in theirs] == [s.image for s in ours]
     assert [s["txt"].decode() for s in theirs] == [s.caption for s in ours]
     assert [json.loads(s["json"]) for s in theirs] == [s.row for s in ours]
-
-
-# --- img2dataset interop: a real img2dataset run against a loopback server ---------------------------------------
-
-
-@pytest.fixture
-def image_server(tmp_path):
-    """Three PNGs served on 127.0.0.1; yields the base URL."""
-    site = tmp_path / "site"
-    site.mkdir()
-    for i, size in enumerate([(64, 48), (40, 80), (50, 50)]):
-        (site / f"img{i}.png").write_bytes(_png(i, size))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", site
-    server.shutdown()
-    thread.join()
-
-
-def test_img2dataset_output_is_read_with_our_field_names(tmp_path, image_server, monkeypatch):
-    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
-    from img2dataset import download
-
-    base, site = image_server
-    urls = [f"{base}/img{i}.png" for i in range(3)] + [f"{base}/missing.png"]
-    captions = ["a red box", "a tall box", "a square box", "never fetched"]
-    pq.write_table(pa.table({"url": urls, "caption": captions}), tmp_path / "urls.parquet")
-    out = tmp_path / "i2d"
-    download(url_list=str(tmp_path / "urls.parquet"), input_format="parquet", url_col="url", caption_col="caption",
-             output_folder=str(out), output_format="webdataset", processes_count=1, thread_count=4, image_size=32,
-             timeout=5, retries=0, number_sample_per_shard=10)  # fmt: skip
-
-    report = ReadReport()
-    samples = sorted(read_dataset(out, report), key=lambda s: s.row[fields.URL])
-    assert report.errors == []
-    assert [(s.row[fields.URL], s.caption) for s in samples] == list(zip(urls[:3], captions[:3], strict=True))
-    for i, (sample, size) in enumerate(zip(samples, [(64, 48), (40, 80), (50, 50)], strict=True)):
-        row = sample.row
-        assert set(row) == set(SAMPLE_SCHEMA.names)
-        assert (row[fields.ORIGINAL_WIDTH], row[fields.ORIGINAL_HEIGHT]) == size
-        assert (row[fields.WIDTH], row[fields.HEIGHT]) == (32, 32)
-        assert row[fields.SHA256] == hashlib.sha256((site / f"img{i}.png").read_bytes()).hexdigest()
-        assert row[fields.STATUS] == fields.STATUS_SUCCESS
-        assert row[fields.KEY] == sample.key
-        assert (sample.image_ext, row[fields.IMAGE_FORMAT], row[fields.BYTES]) == ("jpg", "jpg", len(sample.image))
-        assert Image.open(io.BytesIO(sample.image)).size == (32, 32)
-    assert [(s.name, s.rows) for s in list_shards(out)] == [("00000", 3)]

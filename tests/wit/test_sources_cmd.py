@@ -3,6 +3,7 @@
 import io
 
 import pyarrow.parquet as pq
+import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -30,3 +31,23 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
     seeds.write_text("# nothing\n")
     assert main(["crawl", "--seeds", str(seeds), "--out", str(tmp_path / "o")]) == 2
     assert "no seed URLs" in capsys.readouterr().err
+
+
+def test_help_of_every_command_group(capsys):
+    for argv in (["--help"], ["web", "--help"], ["shards", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert "usage: wit" in capsys.readouterr().out
+    for argv in (["crawl", "--help"], ["extract", "--help"], ["fetch", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert f"usage: wit {argv[0]}" in capsys.readouterr().out
+
+
+def test_unknown_flag_on_a_non_beam_command_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["shards", "ls", "x", "--no-such-flag"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
