@@ -99,9 +99,11 @@ class Fetcher:
         self._last_start: dict[str, float] = {}
         self._guard = threading.Lock()
 
-    def _host_lock(self, host: str) -> threading.Lock:
+    def _host_lock(self, host: str, purpose: str) -> threading.Lock:
+        # One lock per host and purpose: fetching robots.txt (under the "robots" lock) takes a host slot, which
+        # takes the "pace" lock, so the two must differ.
         with self._guard:
-            return self._locks.setdefault(host, threading.Lock())
+            return self._locks.setdefault(f"{purpose}:{host}", threading.Lock())
 
     @contextmanager
     def host_slot(self, url: str) -> Iterator[None]:
@@ -111,7 +113,7 @@ class Fetcher:
             slot = self._slots.setdefault(host, threading.BoundedSemaphore(self.cfg.max_per_host))
         with slot:
             if self.cfg.min_host_delay > 0:
-                with self._host_lock(host):
+                with self._host_lock(host, "pace"):
                     wait = self._last_start.get(host, 0.0) + self.cfg.min_host_delay - time.monotonic()
                     if wait > 0:
                         time.sleep(wait)
@@ -119,18 +121,28 @@ class Fetcher:
             yield
 
     def robots_allows(self, url: str) -> bool:
+        """Whether robots.txt lets us fetch `url`; raises Rejected when the host itself cannot be reached, since
+        that, not robots.txt, is why the URL cannot be had (RFC 9309 would also have us assume disallow)."""
         host = urlsplit(url).netloc.lower()
-        with self._host_lock(host):
+        with self._host_lock(host, "robots"):
             if host not in self._robots:
                 self._robots[host] = self._fetch_robots(robots_url(url))
-        return self._robots[host].can_fetch(self.cfg.user_agent_token, url)
+        rules = self._robots[host]
+        if isinstance(rules, Rejected):
+            raise Rejected(rules.reason, rules.detail)
+        return rules.can_fetch(self.cfg.user_agent_token, url)
 
     def _fetch_robots(self, url: str):
         try:
-            resp = self.http.request("GET", url, redirect=True, preload_content=True)
+            with self.host_slot(url):
+                resp = self.http.request("GET", url, redirect=True, preload_content=True)
             return robots_for_status(resp.status, resp.data.decode("utf-8", "replace"))
-        except urllib3.exceptions.HTTPError:
-            return robots_for_status(599)  # unreachable: RFC 9309 says assume complete disallow
+        except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass, but not a timeout
+            return Rejected(_connection_reason(e), f"robots.txt: {e}"[:200])
+        except urllib3.exceptions.TimeoutError as e:
+            return Rejected(reasons.TIMEOUT, f"robots.txt: {e}"[:200])
+        except urllib3.exceptions.HTTPError as e:
+            return Rejected(_connection_reason(e), f"robots.txt: {e}"[:200])
 
     def close(self) -> None:
         self.http.clear()
@@ -139,12 +151,14 @@ class Fetcher:
 def check_target(url: str, cfg: FetchConfig) -> None:
     """Refuse non-http(s) URLs and, unless allowed, hosts that resolve to private addresses."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https"):
+        raise Rejected(reasons.BLOCKED_SCHEME, url[:200])
+    if not parts.hostname:
         raise Rejected(reasons.INVALID_URL, url[:200])
     if not cfg.allow_private:
         ok, why = resolves_public(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         if not ok:
-            raise Rejected(reasons.PRIVATE_ADDRESS if "resolves to" in why else reasons.CONNECTION_ERROR, why)
+            raise Rejected(reasons.BLOCKED_ADDRESS if "resolves to" in why else reasons.DNS_ERROR, why)
 
 
 def _read_bounded(resp: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float) -> bytes:
@@ -198,16 +212,38 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
         try:
             with fetcher.host_slot(url):
                 resp = fetcher.http.request("GET", url, redirect=False, preload_content=False)
+        except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass, but not a timeout
+            raise Rejected(_connection_reason(e), str(e)[:200]) from None
         except urllib3.exceptions.TimeoutError as e:
             raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
         except urllib3.exceptions.HTTPError as e:
-            raise Rejected(reasons.CONNECTION_ERROR, str(e)[:200]) from None
+            raise Rejected(_connection_reason(e), str(e)[:200]) from None
         if resp.status in _REDIRECTS and resp.headers.get("Location"):
             url = urljoin(url, resp.headers["Location"])
             _release(resp, consumed=False)
             continue
         return resp, url
     raise Rejected(reasons.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects}")
+
+
+def _status_reason(status: int) -> str:
+    if 400 <= status < 500:
+        return reasons.HTTP_4XX
+    return reasons.HTTP_5XX if 500 <= status < 600 else reasons.HTTP_OTHER
+
+
+def _connection_reason(e: Exception) -> str:
+    """dns_error or connect_error: urllib3 wraps a failed name lookup in a NameResolutionError, sometimes inside
+    a MaxRetryError or NewConnectionError."""
+    seen: BaseException | None = e
+    for _ in range(5):  # a short chain; bounded so a self-referencing one cannot loop
+        if seen is None:
+            break
+        if isinstance(seen, urllib3.exceptions.NameResolutionError):
+            return reasons.DNS_ERROR
+        reason = getattr(seen, "reason", None)
+        seen = reason if isinstance(reason, BaseException) else seen.__cause__ or seen.__context__
+    return reasons.CONNECT_ERROR
 
 
 def _is_image_type(ctype: str) -> bool:
@@ -245,15 +281,15 @@ def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=t
                 sleep(wait)
                 continue
             if not 200 <= resp.status < 300:
-                raise Rejected(reasons.HTTP_ERROR, str(resp.status))
+                raise Rejected(_status_reason(resp.status), str(resp.status))
             opt_out = x_robots_opt_out(
                 resp.headers.getlist("X-Robots-Tag"), cfg.user_agent_token, cfg.disallowed_directives
             )
             if opt_out:
-                raise Rejected(reasons.OPT_OUT, opt_out)
+                raise Rejected(reasons.OPTOUT_HEADER, opt_out)
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if ctype and not accept(ctype):
-                raise Rejected(reasons.WRONG_CONTENT_TYPE, ctype)
+                raise Rejected(reasons.NOT_HTML if accept is _is_html_type else reasons.NOT_AN_IMAGE, ctype)
             try:
                 reading = True
                 data = _read_bounded(resp, cfg.max_bytes, started + cfg.deadline)
@@ -261,7 +297,7 @@ def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=t
             except urllib3.exceptions.TimeoutError as e:
                 raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
             except urllib3.exceptions.HTTPError as e:
-                raise Rejected(reasons.CONNECTION_ERROR, str(e)[:200]) from None
+                raise Rejected(reasons.CONNECT_ERROR, str(e)[:200]) from None
             return Fetched(data=data, status=resp.status, content_type=ctype, final_url=final_url)
         finally:
             _release(resp, consumed, reading)

@@ -60,12 +60,12 @@ def open_header(data: bytes, cfg: ImageConfig) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=DECODERS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise Rejected(reasons.DECOMPRESSION_BOMB, str(e)[:200]) from None
+        raise Rejected(reasons.TOO_MANY_PIXELS, str(e)[:200]) from None
     except Exception as e:  # Pillow raises many types on hostile input (OSError, SyntaxError, ValueError, ...)
         raise Rejected(reasons.DECODE_ERROR, f"{type(e).__name__}: {e}"[:200]) from None
     w, h = img.size
     if w * h > cfg.max_pixels:
-        raise Rejected(reasons.DECOMPRESSION_BOMB, f"{w}x{h} declared")
+        raise Rejected(reasons.TOO_MANY_PIXELS, f"{w}x{h} declared")
     if min(w, h) < cfg.min_side:
         raise Rejected(reasons.TOO_SMALL, f"{w}x{h}")
     if max(w, h) / min(w, h) > cfg.max_aspect_ratio:

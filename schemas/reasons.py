@@ -66,20 +66,24 @@ NO_QUERY_MATCH = _reason("no_query_match", BALANCE, "caption matches no entry of
 OVER_QUERY_CAP = _reason("over_query_cap", BALANCE, "all matched queries already hold t pairs")
 
 # fetch
-PRIVATE_ADDRESS = _reason("private_address", FETCH, "host resolves to a private, loopback or link-local address")
+BLOCKED_ADDRESS = _reason("blocked_address", FETCH, "host resolves to a loopback, private or other non-public address")
+BLOCKED_SCHEME = _reason("blocked_scheme", FETCH, "URL scheme is not http or https")
 ROBOTS_DISALLOWED = _reason("robots_disallowed", FETCH, "robots.txt disallows the URL for our user agent")
-OPT_OUT = _reason("opt_out", FETCH, "X-Robots-Tag noai/noimageai/none/noindex for our user agent")
-HTTP_ERROR = _reason("http_error", FETCH, "non-success HTTP status (detail holds the status)")
+OPTOUT_HEADER = _reason("optout_header", FETCH, "X-Robots-Tag noai/noimageai/none/noindex for our user agent")
+HTTP_4XX = _reason("http_4xx", FETCH, "client error status other than 429 (detail holds the status)")
+HTTP_5XX = _reason("http_5xx", FETCH, "server error status other than 503 (detail holds the status)")
+HTTP_OTHER = _reason("http_other", FETCH, "neither success, redirect nor error (detail holds the status)")
 RATE_LIMITED = _reason("rate_limited", FETCH, "429/503 persisted through every allowed retry")
 TIMEOUT = _reason("timeout", FETCH, "connect or read timed out")
-CONNECTION_ERROR = _reason("connection_error", FETCH, "DNS, connect or TLS failure, or connection reset")
+DNS_ERROR = _reason("dns_error", FETCH, "host name does not resolve")
+CONNECT_ERROR = _reason("connect_error", FETCH, "connect or TLS failure, or connection reset")
 TOO_MANY_REDIRECTS = _reason("too_many_redirects", FETCH, "redirect chain too long or looping")
-WRONG_CONTENT_TYPE = _reason("wrong_content_type", FETCH, "response is not an image")
+NOT_AN_IMAGE = _reason("not_an_image", FETCH, "response Content-Type is not an image")
 TOO_LARGE = _reason("too_large", FETCH, "response body over the configured byte limit")
 
 # image decoding and checks
 DECODE_ERROR = _reason("decode_error", IMAGE, "bytes are not a decodable image (corrupt or truncated)")
-DECOMPRESSION_BOMB = _reason("decompression_bomb", IMAGE, "declared pixel count over the safety limit")
+TOO_MANY_PIXELS = _reason("too_many_pixels", IMAGE, "declared pixel count over the limit (decompression bomb)")
 TOO_SMALL = _reason("too_small", IMAGE, "image smaller than the configured minimum side")
 BAD_ASPECT_RATIO = _reason("bad_aspect_ratio", IMAGE, "aspect ratio outside the configured range")
 

@@ -77,7 +77,7 @@ def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site
     manifest = DatasetManifest.from_json((tmp_path / "a" / "manifest.json").read_text())
     assert manifest.rows == 30 and len(manifest.shards) == 4
     assert manifest.counts == {
-        "fetch": {reasons.HTTP_ERROR: 1, reasons.ROBOTS_DISALLOWED: 1, reasons.WRONG_CONTENT_TYPE: 1},
+        "fetch": {reasons.HTTP_4XX: 1, reasons.ROBOTS_DISALLOWED: 1, reasons.NOT_AN_IMAGE: 1},
         "source": {reasons.INVALID_URL: 1, reasons.MALFORMED_ROW: 1},
         "shards": {"kept": 30},
     }

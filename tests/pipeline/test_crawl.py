@@ -84,7 +84,7 @@ def test_crawl_bfs(site, depth):
         ]
         expected_cands = [("/1.jpg", "one"), ("/2.jpg", "two"), ("/3.jpg", None)]
         if depth == 2:
-            expected_pages += [("/d.html", 2, "success"), ("/gone.html", 2, reasons.HTTP_ERROR)]
+            expected_pages += [("/d.html", 2, "success"), ("/gone.html", 2, reasons.HTTP_4XX)]
             expected_cands += [("/4.jpg", "four")]
         assert_that(pages, equal_to(expected_pages), label="pages")
         assert_that(cands, equal_to(expected_cands), label="candidates")

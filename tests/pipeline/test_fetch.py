@@ -87,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/ok.jpg": lambda: self._send(200, JPEG),
             "/private/a.jpg": lambda: self._send(200, JPEG),
             "/missing.jpg": lambda: self._send(404, b"nope", "text/html"),
+            "/error.jpg": lambda: self._send(500, b"oops", "text/html"),
             "/flaky.jpg": lambda: (
                 self._send(429, b"", headers={"Retry-After": "0"}) if n == 1 else self._send(200, JPEG)
             ),
@@ -150,9 +151,10 @@ def test_robots_checked_on_every_hop(fetcher, base_url):
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
-        ("/missing.jpg", reasons.HTTP_ERROR),
-        ("/noai.jpg", reasons.OPT_OUT),
-        ("/page.jpg", reasons.WRONG_CONTENT_TYPE),
+        ("/missing.jpg", reasons.HTTP_4XX),
+        ("/error.jpg", reasons.HTTP_5XX),
+        ("/noai.jpg", reasons.OPTOUT_HEADER),
+        ("/page.jpg", reasons.NOT_AN_IMAGE),
         ("/big.jpg", reasons.TOO_LARGE),
         ("/loop-a.jpg", reasons.TOO_MANY_REDIRECTS),
         ("/always429.jpg", reasons.RATE_LIMITED),
@@ -183,8 +185,8 @@ def test_private_addresses_refused_by_default(base_url):
     f = Fetcher(FetchConfig())
     with pytest.raises(Rejected) as e:
         fetch_image(f, f"{base_url}/ok.jpg")
-    assert e.value.reason == reasons.PRIVATE_ADDRESS
-    assert _reason(f, "ftp://example.com/x.jpg") == reasons.INVALID_URL
+    assert e.value.reason == reasons.BLOCKED_ADDRESS
+    assert _reason(f, "ftp://example.com/x.jpg") == reasons.BLOCKED_SCHEME
 
 
 def test_retry_after_parsing():
@@ -199,7 +201,7 @@ def test_fetch_candidates_accounts_for_every_candidate(base_url):
     out = list(fetch_candidates(cands, FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=4))
     assert len(out) == len(cands)
     kinds = [o.reason if isinstance(o, Rejected) else "kept" for o in out]
-    assert kinds == ["kept", reasons.HTTP_ERROR, reasons.DECODE_ERROR, reasons.OPT_OUT, "kept"] * 6
+    assert kinds == ["kept", reasons.HTTP_4XX, reasons.DECODE_ERROR, reasons.OPTOUT_HEADER, "kept"] * 6
     row, image = out[0]
     assert row[fields.KEY] == "k0" and row[fields.WIDTH] == 120 and row[fields.STATUS] == fields.STATUS_SUCCESS
     assert Image.open(io.BytesIO(image)).size == (120, 90)
@@ -237,7 +239,7 @@ def test_fetch_images_beam_stage(base_url):
         assert_that(kept, equal_to([("k0", 120, True), ("k3", 120, True)]), label="kept")
         assert_that(
             bad,
-            equal_to([("k1", reasons.HTTP_ERROR), ("k2", reasons.ROBOTS_DISALLOWED), ("k4", reasons.DECODE_ERROR)]),
+            equal_to([("k1", reasons.HTTP_4XX), ("k2", reasons.ROBOTS_DISALLOWED), ("k4", reasons.DECODE_ERROR)]),
             label="rejected",
         )
 
@@ -256,3 +258,23 @@ def test_body_cap_holds_without_content_length(base_url):
     with pytest.raises(Rejected) as e:
         fetch_image(f, f"{base_url}/endless.jpg")
     assert e.value.reason == reasons.TOO_LARGE
+
+
+def test_connection_failures_have_their_own_reasons(base_url):
+    import socket
+
+    f = Fetcher(FetchConfig(allow_private=True, connect_timeout=2))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    assert _reason(f, f"http://127.0.0.1:{closed_port}/x.jpg") == reasons.CONNECT_ERROR
+    assert _reason(f, "http://no-such-host.invalid/x.jpg") == reasons.DNS_ERROR
+    assert _reason(Fetcher(FetchConfig()), "http://no-such-host.invalid/x.jpg") == reasons.DNS_ERROR
+    assert _reason(f, "file:///etc/passwd") == reasons.BLOCKED_SCHEME
+
+
+def test_server_errors_and_odd_ip_spellings(base_url):
+    port = base_url.rsplit(":", 1)[1]
+    strict = Fetcher(FetchConfig())
+    for host in ("2130706433", "0x7f000001", "127.1", "[::ffff:127.0.0.1]", "localhost"):
+        assert _reason(strict, f"http://{host}:{port}/ok.jpg") == reasons.BLOCKED_ADDRESS, host

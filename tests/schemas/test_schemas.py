@@ -112,7 +112,7 @@ def test_reason_codes_are_unique_and_staged():
     for code, reason in reasons.REASONS.items():
         assert reason.code == code
         assert reason.stage in reasons.STAGES
-    assert reasons.stage_of(reasons.DECOMPRESSION_BOMB) == reasons.IMAGE
+    assert reasons.stage_of(reasons.TOO_MANY_PIXELS) == reasons.IMAGE
     assert reasons.stage_of(reasons.ROBOTS_DISALLOWED) == reasons.FETCH
     assert not reasons.is_known("no_such_code")
 
@@ -132,7 +132,7 @@ def _manifest() -> DatasetManifest:
     return DatasetManifest(
         shards=(ShardEntry("00000", 3, tar, par),),
         rejected=(FileEntry("rejected/fetch-00000.parquet", 500, "c" * 64),),
-        counts={"fetch": {"http_error": 2}, "shards": {"kept": 3}},
+        counts={"fetch": {"http_4xx": 2}, "shards": {"kept": 3}},
         config={"samples_per_shard": 10},
         code_version="0.1.0",
     )

@@ -15,5 +15,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     samples = list(read_dataset(dataset))
     assert len(samples) == manifest.rows > 30
     fetch_reasons = set(manifest.counts.get("fetch", {}))
-    assert {reasons.ROBOTS_DISALLOWED, reasons.OPT_OUT, reasons.TOO_MANY_REDIRECTS} <= fetch_reasons
-    assert reasons.DECOMPRESSION_BOMB in manifest.counts.get("image", {})
+    assert {reasons.ROBOTS_DISALLOWED, reasons.OPTOUT_HEADER, reasons.TOO_MANY_REDIRECTS} <= fetch_reasons
+    assert reasons.TOO_MANY_PIXELS in manifest.counts.get("image", {})

@@ -26,7 +26,7 @@ def _dataset(root: Path, n: int = 5, per_shard: int = 3) -> Path:
                 fields.IMAGE_FORMAT: "png",
             }
             writer.add(row, buf.getvalue())
-        writer.reject({fields.KEY: "r0", fields.STAGE: reasons.FETCH, fields.REASON: reasons.HTTP_ERROR})
+        writer.reject({fields.KEY: "r0", fields.STAGE: reasons.FETCH, fields.REASON: reasons.HTTP_4XX})
     return root
 
 
