@@ -1,5 +1,6 @@
 """Fixtures shared by every test package: a small synthetic web (seed 0) on disk, and that web served on loopback."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,16 @@ def served_web(web_dir: Path) -> Iterator[ServedWeb]:
     call `served_web.reset()` before a test that depends on being the first to ask."""
     with serve_web(web_dir) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def laion_sample() -> Path:
+    """1,000 real LAION-400M (URL, TEXT) rows from the project's shared data (beside the checkout, as CI lays it;
+    WIT_SHARED_DATA overrides). Real captions for realistic language mix, boilerplate and lengths."""
+    root = Path(os.environ.get("WIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = root / "laion_sample_1000.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: lay the project's shared/ beside the checkout or set WIT_SHARED_DATA"
+        )
+    return path

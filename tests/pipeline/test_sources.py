@@ -23,7 +23,6 @@ from pipeline.sources import (
 )
 from schemas import fields, make_key, reasons
 
-LAION = Path(__file__).resolve().parents[3] / "shared" / "data" / "laion_sample_1000.parquet"
 ROWS = [("http://a.example/1.jpg", "a red circle"), ("https://b.example/2.png", "Straße, café \u00e9t\u00e9")]
 
 
@@ -69,14 +68,15 @@ def test_jsonl_gz_with_column_mapping(tmp_path):
     assert e.value.reason == reasons.MALFORMED_ROW
 
 
-def test_laion_metadata_columns_are_recognised():
-    rows = list(iter_rows(str(LAION), "parquet"))
+def test_laion_metadata_columns_are_recognised(laion_sample):
+    laion = laion_sample
+    rows = list(iter_rows(str(laion), "parquet"))
     assert len(rows) == 1000
-    assert resolve_columns(rows[0], UrlListConfig(str(LAION)), "laion") == ("URL", "TEXT")
-    explicit = resolve_columns(rows[0], UrlListConfig(str(LAION), url_col="URL", caption_col="TEXT"), "laion")
+    assert resolve_columns(rows[0], UrlListConfig(str(laion)), "laion") == ("URL", "TEXT")
+    explicit = resolve_columns(rows[0], UrlListConfig(str(laion), url_col="URL", caption_col="TEXT"), "laion")
     assert explicit == ("URL", "TEXT")
     with pytest.raises(ValueError, match="no URL column 'url'"):
-        resolve_columns(rows[0], UrlListConfig(str(LAION), url_col="url"), "laion")
+        resolve_columns(rows[0], UrlListConfig(str(laion), url_col="url"), "laion")
 
 
 def test_candidate_rules():

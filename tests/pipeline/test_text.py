@@ -1,7 +1,5 @@
 """Text curation: normalization, rules with reason codes, language ID (both backends), the Beam stage."""
 
-from pathlib import Path
-
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
@@ -20,8 +18,6 @@ from pipeline.text import (
     normalize_caption,
 )
 from schemas import fields, reasons
-
-LAION = Path(__file__).resolve().parents[3] / "shared" / "data" / "laion_sample_1000.parquet"
 
 
 @pytest.mark.parametrize(
@@ -106,9 +102,9 @@ def test_curate_short_captions_are_not_guessed():
     assert reason is None and out[fields.LANG] == "fr" and out[fields.LANG_SCORE] > 0.3
 
 
-def test_real_captions_funnel():
+def test_real_captions_funnel(laion_sample):
     """On 1,000 real LAION captions the rules keep most, and every caption gets exactly one verdict."""
-    captions = pq.read_table(LAION, columns=["TEXT"]).column("TEXT").to_pylist()
+    captions = pq.read_table(laion_sample, columns=["TEXT"]).column("TEXT").to_pylist()
     lid = FastTextLangId()
     verdicts = [curate({fields.KEY: str(i), fields.CAPTION: c}, TextConfig(), lid)[1] for i, c in enumerate(captions)]
     kept = verdicts.count(None)

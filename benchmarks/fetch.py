@@ -1,0 +1,183 @@
+"""`wit fetch` vs img2dataset: same URL list, same loopback server, same output settings, same 2 cores.
+
+    .venv/bin/python benchmarks/fetch.py [--images 3000] [--runs 3]
+
+Writes benchmarks/results/fetch.json: images/s of each tool per run, medians, the ratio, successes, peak RSS.
+"""
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / "work" / "fetch"
+RESULTS = ROOT / "results" / "fetch.json"
+BIN = Path(sys.executable).parent
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+
+
+def _photo(i: int) -> tuple[bytes, str]:
+    """A synthetic-web picture at photo size with sensor-like grain, so JPEG sizes are those of the web."""
+    from pipeline.synthweb.draw import Drawing, render
+
+    rng = np.random.default_rng(i)
+    w = int(rng.integers(500, 1600))
+    h = int(w * rng.uniform(0.6, 1.0))
+    colour, shape = COLOURS[i % 6], SHAPES[(i // 6) % 6]
+    d = Drawing(colour, shape, ("solid", "striped", "dotted")[i % 3], ("white", "noise", "gradient")[i % 3],
+                "medium", "photo", w, h, seed=i)  # fmt: skip
+    pixels = np.asarray(render(d), dtype=np.int16)
+    pixels += rng.integers(-5, 6, size=pixels.shape, dtype=np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue(), f"a photo of a {colour} {shape}"
+
+
+def make_images(n: int) -> list[tuple[bytes, str]]:
+    """The image set, generated once (in parallel) and cached under benchmarks/work/."""
+    cache = WORK / f"images-{n}"
+    if (cache / "done").exists():
+        captions = json.loads((cache / "captions.json").read_text())
+        return [((cache / f"{i}.jpg").read_bytes(), captions[i]) for i in range(n)]
+    cache.mkdir(parents=True, exist_ok=True)
+    with Pool(os.cpu_count()) as pool:
+        images = pool.map(_photo, range(n), chunksize=16)
+    for i, (data, _) in enumerate(images):
+        (cache / f"{i}.jpg").write_bytes(data)
+    (cache / "captions.json").write_text(json.dumps([c for _, c in images]))
+    (cache / "done").touch()
+    return images
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    images: list[bytes] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/robots.txt":
+            body, ctype = b"User-agent: *\nAllow: /\n", "text/plain"
+        else:
+            body, ctype = self.images[int(self.path.strip("/").split(".")[0])], "image/jpeg"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(images: list[bytes]) -> ThreadingHTTPServer:
+    _Handler.images = images
+    ThreadingHTTPServer.request_queue_size = 1024
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB of the process tree's largest member) of one command."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run_img2dataset(urls: Path, out: Path, env: dict, threads: int) -> dict:
+    cmd = [str(BIN / "img2dataset"), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
+           "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", str(out),
+           "--processes_count", "2", "--thread_count", str(threads), "--image_size", "256",
+           "--resize_mode", "keep_ratio", "--encode_quality", "95", "--number_sample_per_shard", "1000",
+           "--timeout", "10", "--retries", "0"]  # fmt: skip
+    wall, rss = timed(cmd, env)
+    ok = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    return {"tool": "img2dataset", "wall_s": wall, "successes": ok, "images_per_s": ok / wall, "peak_rss_mib": rss}
+
+
+def run_wit(urls: Path, out: Path, env: dict, threads: int) -> dict:
+    cmd = [str(BIN / "wit"), "fetch", "--candidates", str(urls), "--out", str(out), "--allow-private",
+           "--threads", str(threads), "--image-size", "256", "--resize-mode", "keep_ratio",
+           "--samples-per-shard", "1000",
+           "--direct_num_workers=2", "--direct_running_mode=multi_processing"]  # fmt: skip
+    wall, rss = timed(cmd, env)
+    ok = json.loads((out / "manifest.json").read_text())["rows"]
+    return {"tool": "wit fetch", "wall_s": wall, "successes": ok, "images_per_s": ok / wall, "peak_rss_mib": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--i2d-threads", type=int, default=64, help="img2dataset threads per process")
+    parser.add_argument("--wit-threads", type=int, default=64, help="wit fetch requests in flight per worker")
+    args = parser.parse_args()
+
+    images = make_images(args.images)
+    sizes = sorted(len(data) for data, _ in images)
+    server = serve([data for data, _ in images])
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    urls = WORK / "urls.parquet"
+    pq.write_table(pa.table({"url": [f"{base}/{i}.jpg" for i in range(len(images))],
+                             "caption": [c for _, c in images]}), urls)  # fmt: skip
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    runs = []
+    for r in range(args.runs):
+        # Alternate which tool goes first, so neither always meets a warm (or cold) page cache and server.
+        order = (run_img2dataset, run_wit) if r % 2 == 0 else (run_wit, run_img2dataset)
+        for fn in order:
+            out = WORK / f"out-{fn.__name__}"
+            shutil.rmtree(out, ignore_errors=True)
+            threads = args.i2d_threads if fn is run_img2dataset else args.wit_threads
+            result = fn(urls, out, env, threads) | {"run": r}
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    server.shutdown()
+
+    def med(tool: str, key: str) -> float:
+        return statistics.median(x[key] for x in runs if x["tool"] == tool)
+
+    summary = {
+        "benchmark": "fetch",
+        "what": "images/s fetching the same URL list from one loopback server into WebDataset shards, 256 px "
+        "keep_ratio JPEG q95, 2 processes each",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "images": len(images),
+        "image_bytes": {"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]},
+        "settings": vars(args),
+        "median_images_per_s": {t: med(t, "images_per_s") for t in ("wit fetch", "img2dataset")},
+        "median_peak_rss_mib": {t: med(t, "peak_rss_mib") for t in ("wit fetch", "img2dataset")},
+        "successes": {t: [x["successes"] for x in runs if x["tool"] == t] for t in ("wit fetch", "img2dataset")},
+        "runs": runs,
+    }
+    summary["ratio_wit_over_img2dataset"] = (
+        summary["median_images_per_s"]["wit fetch"] / summary["median_images_per_s"]["img2dataset"]
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: summary[k] for k in ("median_images_per_s", "ratio_wit_over_img2dataset", "successes")}))
+
+
+if __name__ == "__main__":
+    main()
