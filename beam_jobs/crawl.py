@@ -6,9 +6,8 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from beam_jobs.options import split_args
+from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
 from pipeline.crawl import CrawlConfig, CrawlPages
-from pipeline.fetch import FetchConfig
 from pipeline.rows_io import WriteRows
 from schemas import CANDIDATE_SCHEMA, PAGE_SCHEMA
 
@@ -19,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=2, help="link depth to follow (0: seeds only)")
     parser.add_argument("--allowed-domain", action="append", default=[], help="stay within (repeatable)")
     parser.add_argument("--threads", type=int, default=32, help="pages in flight per worker")
-    parser.add_argument("--allow-private", action="store_true", help="allow loopback/private hosts (testing)")
+    add_politeness_arguments(parser)
 
 
 def read_seeds(path: Path) -> list[str]:
@@ -34,7 +33,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     add_arguments(parser)
     args, options = split_args(parser, argv)
     cfg = CrawlConfig(depth=args.depth, allowed_domains=tuple(args.allowed_domain), threads=args.threads)
-    fetch_cfg = FetchConfig(allow_private=args.allow_private)
+    fetch_cfg = fetch_config(args)
     seeds = read_seeds(args.seeds)
     out = args.out.rstrip("/")
     with beam.Pipeline(options=options) as p:

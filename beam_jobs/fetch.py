@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from beam_jobs.options import split_args
+from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
 from pipeline.fetch import FetchConfig
 from pipeline.fetch_stage import REJECTED, FetchImages
 from pipeline.image import RESIZE_MODES, ImageConfig
@@ -26,25 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="keep_ratio")
     parser.add_argument("--min-image-side", type=int, default=32)
-    parser.add_argument("--max-per-host", type=int, default=16, help="requests in flight to one host")
-    parser.add_argument("--min-host-delay", type=float, default=0.0, help="seconds between requests to one host")
-    parser.add_argument("--timeout", type=float, default=10.0, help="read timeout in seconds")
     parser.add_argument("--tries", type=int, default=3, help="tries for 429/503 responses")
-    parser.add_argument("--allow-private", action="store_true", help="allow loopback/private hosts (testing)")
-    parser.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt")
+    add_politeness_arguments(parser)
 
 
 def configs(args: argparse.Namespace) -> tuple[UrlListConfig, FetchConfig, ImageConfig]:
     return (
         UrlListConfig(args.candidates, format=args.format, url_col=args.url_col, caption_col=args.caption_col),
-        FetchConfig(
-            read_timeout=args.timeout,
-            tries=args.tries,
-            max_per_host=args.max_per_host,
-            min_host_delay=args.min_host_delay,
-            allow_private=args.allow_private,
-            respect_robots=not args.ignore_robots,
-        ),
+        fetch_config(args, tries=args.tries),
         ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, min_side=args.min_image_side),
     )
 

@@ -2,8 +2,12 @@
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.fetch import FetchConfig
+from pipeline.politeness import USER_AGENT_TOKEN, user_agent
 
 # Prism, Beam's newer default, downloads a binary at start; the in-process FnApiRunner works offline.
 DEFAULT_RUNNER = "FnApiRunner"
@@ -17,3 +21,39 @@ def split_args(
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
     return args, PipelineOptions(beam_args)
+
+
+def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
+    """The safety and politeness flags every job that fetches takes (crawl and fetch alike)."""
+    parser.add_argument(
+        "--allow-private",
+        nargs="*",
+        metavar="CIDR|IP[:PORT]",
+        help="allow loopback/private targets: all of them with no value, else only these (e.g. 127.0.0.1:8000)",
+    )
+    parser.add_argument("--optout-list", type=Path, help="file of domains or URL prefixes never to fetch")
+    parser.add_argument("--user-agent-token", default=USER_AGENT_TOKEN, help="the name robots.txt rules match")
+    parser.add_argument("--contact", help="URL or mailto: put in the User-Agent so site owners can reach you")
+    parser.add_argument("--max-per-host", type=int, default=16, help="requests in flight to one host")
+    parser.add_argument("--min-host-delay", type=float, default=0.0, help="seconds between requests to one host")
+    parser.add_argument("--timeout", type=float, default=10.0, help="read timeout in seconds")
+    parser.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt")
+
+
+def fetch_config(args: argparse.Namespace, **extra) -> FetchConfig:
+    optout = ()
+    if args.optout_list:
+        lines = args.optout_list.read_text().splitlines()
+        optout = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    return FetchConfig(
+        user_agent=user_agent(args.user_agent_token, args.contact),
+        user_agent_token=args.user_agent_token,
+        read_timeout=args.timeout,
+        max_per_host=args.max_per_host,
+        min_host_delay=args.min_host_delay,
+        allow_private=args.allow_private == [],
+        private_allowlist=tuple(args.allow_private or ()),
+        optout=optout,
+        respect_robots=not args.ignore_robots,
+        **extra,
+    )

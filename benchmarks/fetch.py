@@ -94,15 +94,47 @@ def serve(images: list[bytes]) -> ThreadingHTTPServer:
     return server
 
 
+def _tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants, from /proc (0 once they are gone)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        children.setdefault(int(fields.get("PPid", "0").strip()), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total / 1024
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB of the process tree's largest member) of one command."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak resident MiB of the whole process tree, sampled every 0.2 s) of one command.
+
+    Sampled from /proc rather than taken from rusage: Linux carries ru_maxrss across fork and exec, so a child of
+    this (image-holding) process would report this process's size.
+    """
+    log = WORK / "last-stderr.log"  # a file, not a pipe: a chatty child must never block on a full pipe
+    with open(log, "wb") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss_mib(proc.pid))
+            time.sleep(0.2)
+        wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {log.read_text(errors='replace')[-2000:]}")
+    return wall, peak
 
 
 def run_img2dataset(urls: Path, out: Path, env: dict, threads: int) -> dict:

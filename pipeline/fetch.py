@@ -21,9 +21,13 @@ from pipeline.politeness import (
     DEFAULT_DISALLOWED_DIRECTIVES,
     USER_AGENT,
     USER_AGENT_TOKEN,
-    resolves_public,
+    is_public_address,
+    optout_match,
+    private_allowed,
+    resolve,
     robots_for_status,
     robots_url,
+    validate_allowlist,
     x_robots_opt_out,
 )
 from pipeline.rejection import Rejected
@@ -46,13 +50,16 @@ class FetchConfig:
     max_retry_after: float = 10.0  # a server asking for longer waits than this is treated as a failure
     max_per_host: int = 16  # requests in flight to one host, whatever the worker's total
     min_host_delay: float = 0.0  # seconds between the starts of two requests to one host
-    allow_private: bool = False  # loopback/private targets need an explicit yes (the synthetic web does)
+    allow_private: bool = False  # every loopback/private target allowed (the synthetic web needs it)
+    private_allowlist: tuple[str, ...] = ()  # or only these: CIDR, IP or IP:PORT
+    optout: tuple[str, ...] = ()  # domains (with subdomains) or URL prefixes whose owners asked not to be fetched
     respect_robots: bool = True
     disallowed_directives: frozenset[str] = field(default_factory=lambda: DEFAULT_DISALLOWED_DIRECTIVES)
 
     def __post_init__(self) -> None:
         if self.tries < 1 or self.max_redirects < 0 or self.max_bytes < 1 or self.max_per_host < 1:
             raise ValueError("tries, max_bytes and max_per_host must be >= 1, max_redirects >= 0")
+        validate_allowlist(self.private_allowlist)
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,24 @@ class Fetcher:
             headers={"User-Agent": cfg.user_agent},
         )
         self._robots: dict[str, object] = {}
+        self._dns: dict[tuple[str, int], list[str] | Rejected] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._last_start: dict[str, float] = {}
         self._guard = threading.Lock()
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        """The host's addresses, resolved once per Fetcher (a DNS cache); Rejected(dns_error) if it has none."""
+        key = (host.lower(), port)
+        if key not in self._dns:
+            try:
+                self._dns[key] = resolve(host, port)
+            except (OSError, UnicodeError) as e:
+                self._dns[key] = Rejected(reasons.DNS_ERROR, f"cannot resolve {host}: {e}"[:200])
+        found = self._dns[key]
+        if isinstance(found, Rejected):
+            raise Rejected(found.reason, found.detail)
+        return found
 
     def _host_lock(self, host: str, purpose: str) -> threading.Lock:
         # One lock per host and purpose: fetching robots.txt (under the "robots" lock) takes a host slot, which
@@ -148,17 +169,23 @@ class Fetcher:
         self.http.clear()
 
 
-def check_target(url: str, cfg: FetchConfig) -> None:
-    """Refuse non-http(s) URLs and, unless allowed, hosts that resolve to private addresses."""
+def check_target(fetcher: "Fetcher", url: str) -> None:
+    """Refuse non-http(s) URLs, opted-out domains, and (unless allowed) hosts with any non-public address."""
+    cfg = fetcher.cfg
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise Rejected(reasons.BLOCKED_SCHEME, url[:200])
     if not parts.hostname:
         raise Rejected(reasons.INVALID_URL, url[:200])
-    if not cfg.allow_private:
-        ok, why = resolves_public(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        if not ok:
-            raise Rejected(reasons.BLOCKED_ADDRESS if "resolves to" in why else reasons.DNS_ERROR, why)
+    entry = optout_match(url, cfg.optout)
+    if entry:
+        raise Rejected(reasons.OPTOUT_LIST, entry)
+    if cfg.allow_private:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for ip in fetcher.addresses(parts.hostname, port):
+        if not is_public_address(ip) and not private_allowed(ip, port, cfg.private_allowlist):
+            raise Rejected(reasons.BLOCKED_ADDRESS, f"{parts.hostname} resolves to {ip}")
 
 
 def _read_bounded(resp: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float) -> bytes:
@@ -203,7 +230,7 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
     cfg = fetcher.cfg
     seen = set()
     for _ in range(cfg.max_redirects + 1):
-        check_target(url, cfg)
+        check_target(fetcher, url)
         if cfg.respect_robots and not fetcher.robots_allows(url):
             raise Rejected(reasons.ROBOTS_DISALLOWED, url[:200])
         if url in seen:

@@ -7,6 +7,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 USER_AGENT_TOKEN = "wit-builder"
 USER_AGENT = f"{USER_AGENT_TOKEN}/0.1 (image-text dataset research; obeys robots.txt and X-Robots-Tag noai)"
+
+
+def user_agent(token: str = USER_AGENT_TOKEN, contact: str | None = None) -> str:
+    """An identifiable User-Agent: the token robots.txt and X-Robots-Tag rules name, and how to reach the operator."""
+    return f"{token}/0.1 (image-text dataset research; obeys robots.txt and X-Robots-Tag noai" + (
+        f"; +{contact})" if contact else ")"
+    )
+
+
 # What img2dataset honours by default, plus "none" (which implies noindex); see its --disallowed_header_directives.
 DEFAULT_DISALLOWED_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
 # Directives that take a value after a colon; "unavailable_after: <date>" is not a user-agent prefix.
@@ -70,17 +79,50 @@ def is_public_address(ip: str) -> bool:
     return addr.is_global and not addr.is_multicast
 
 
-def resolves_public(host: str, port: int = 80) -> tuple[bool, str]:
-    """Whether every address `host` resolves to is public; (False, why) otherwise.
+def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (socket.gaierror or UnicodeError if none); IP literals in any spelling
+    the C library accepts (2130706433, 0x7f000001, 127.1) come back in canonical form, so they are judged too."""
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
 
-    Every address is checked because a name can resolve to a public and a private address at once.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as e:
-        return False, f"cannot resolve {host}: {e}"
-    for info in infos:
-        ip = info[4][0]
-        if not is_public_address(ip):
-            return False, f"{host} resolves to {ip}"
-    return True, ""
+
+def private_allowed(ip: str, port: int, allowlist: tuple[str, ...]) -> bool:
+    """Whether a non-public address is opened by the allowlist: entries are a CIDR or an IP (any port), or
+    IP:PORT (that port only), e.g. ("127.0.0.1:8000", "10.0.0.0/8")."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    for entry in allowlist:
+        net, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and (not entry_port.isdigit() or int(entry_port) != port):
+            continue
+        try:
+            if addr in ipaddress.ip_network(net, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def validate_allowlist(allowlist: tuple[str, ...]) -> None:
+    for entry in allowlist:
+        net, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"--allow-private entry {entry!r} is not a CIDR, an IP or IP:PORT") from None
+        if port and not port.isdigit():
+            raise ValueError(f"--allow-private entry {entry!r} has a bad port")
+
+
+def optout_match(url: str, optout: tuple[str, ...]) -> str | None:
+    """The opt-out entry covering `url`: a domain (covering its subdomains) or a URL prefix; None if none does."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    for entry in optout:
+        e = entry.strip().lower()
+        if "://" in e:
+            if url.lower().startswith(e):
+                return entry
+        elif e and (host == e or host.endswith("." + e)):
+            return entry
+    return None

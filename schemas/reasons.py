@@ -68,6 +68,7 @@ OVER_QUERY_CAP = _reason("over_query_cap", BALANCE, "all matched queries already
 # fetch
 BLOCKED_ADDRESS = _reason("blocked_address", FETCH, "host resolves to a loopback, private or other non-public address")
 BLOCKED_SCHEME = _reason("blocked_scheme", FETCH, "URL scheme is not http or https")
+OPTOUT_LIST = _reason("optout_list", FETCH, "domain or URL prefix on the configured opt-out list")
 ROBOTS_DISALLOWED = _reason("robots_disallowed", FETCH, "robots.txt disallows the URL for our user agent")
 OPTOUT_HEADER = _reason("optout_header", FETCH, "X-Robots-Tag noai/noimageai/none/noindex for our user agent")
 HTTP_4XX = _reason("http_4xx", FETCH, "client error status other than 429 (detail holds the status)")

@@ -273,6 +273,18 @@ def test_connection_failures_have_their_own_reasons(base_url):
     assert _reason(f, "file:///etc/passwd") == reasons.BLOCKED_SCHEME
 
 
+def test_allowlist_and_optout_list(base_url):
+    port = int(base_url.rsplit(":", 1)[1])
+    assert (
+        fetch_image(Fetcher(FetchConfig(private_allowlist=(f"127.0.0.1:{port}",))), f"{base_url}/ok.jpg").data == JPEG
+    )
+    assert _reason(Fetcher(FetchConfig(private_allowlist=(f"127.0.0.1:{port + 1}",))), f"{base_url}/ok.jpg") == (
+        reasons.BLOCKED_ADDRESS
+    )
+    f = Fetcher(FetchConfig(allow_private=True, optout=("127.0.0.1",)))
+    assert _reason(f, f"{base_url}/ok.jpg") == reasons.OPTOUT_LIST
+
+
 def test_server_errors_and_odd_ip_spellings(base_url):
     port = base_url.rsplit(":", 1)[1]
     strict = Fetcher(FetchConfig())

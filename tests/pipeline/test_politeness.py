@@ -5,10 +5,14 @@ import pytest
 from pipeline.politeness import (
     USER_AGENT_TOKEN,
     is_public_address,
+    optout_match,
     parse_robots,
-    resolves_public,
+    private_allowed,
+    resolve,
     robots_for_status,
     robots_url,
+    user_agent,
+    validate_allowlist,
     x_robots_opt_out,
 )
 
@@ -72,7 +76,42 @@ def test_public_addresses(ip, public):
     assert is_public_address(ip) is public
 
 
-def test_localhost_does_not_resolve_public():
-    ok, why = resolves_public("localhost")
-    assert not ok
-    assert "127.0.0.1" in why or "::1" in why
+def test_odd_ip_spellings_resolve_to_loopback():
+    for host in ("localhost", "2130706433", "0x7f000001", "127.1", "127.0.0.1"):
+        assert any(not is_public_address(ip) for ip in resolve(host, 80)), host
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "allowlist", "allowed"),
+    [
+        ("127.0.0.1", 8000, (), False),
+        ("127.0.0.1", 8000, ("127.0.0.1",), True),
+        ("127.0.0.1", 8000, ("127.0.0.0/8",), True),
+        ("127.0.0.1", 8000, ("127.0.0.1:8000",), True),
+        ("127.0.0.1", 8001, ("127.0.0.1:8000",), False),
+        ("10.2.3.4", 80, ("127.0.0.0/8",), False),
+        ("::ffff:127.0.0.1", 80, ("127.0.0.1",), True),
+        ("::1", 80, ("::1",), True),
+    ],
+)
+def test_private_allowlist(ip, port, allowlist, allowed):
+    assert private_allowed(ip, port, allowlist) is allowed
+
+
+def test_allowlist_validation():
+    validate_allowlist(("127.0.0.1", "10.0.0.0/8", "127.0.0.1:8080", "::1"))
+    with pytest.raises(ValueError, match="not a CIDR"):
+        validate_allowlist(("example.com",))
+
+
+def test_optout_list():
+    optout = ("Example.com", "https://photos.net/private/")
+    assert optout_match("http://img.example.com/a.jpg", optout) == "Example.com"
+    assert optout_match("https://photos.net/private/x.jpg", optout) == "https://photos.net/private/"
+    assert optout_match("https://photos.net/public/x.jpg", optout) is None
+    assert optout_match("http://notexample.com/a.jpg", optout) is None
+
+
+def test_user_agent_names_token_and_contact():
+    ua = user_agent("mybot", "mailto:data@example.org")
+    assert ua.startswith("mybot/") and "+mailto:data@example.org" in ua
