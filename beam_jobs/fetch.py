@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import apache_beam as beam
 
@@ -12,7 +13,8 @@ from pipeline.fetch_stage import REJECTED, FetchImages
 from pipeline.image import RESIZE_MODES, ImageConfig
 from pipeline.sources import REJECTED as SOURCE_REJECTED
 from pipeline.sources import ReadUrlLists, UrlListConfig
-from pipeline.write_dataset import WriteDataset
+from pipeline.write_dataset import WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
+from schemas import fields
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +54,25 @@ def run(argv: Sequence[str] | None = None) -> None:
         "threads": args.threads,
         "samples_per_shard": args.samples_per_shard,
     }
+    fingerprint = run_fingerprint(config)
+    done = completed_buckets(args.out, fingerprint) if Path(args.out).is_dir() else {}
+    if done:
+        print(f"resuming: {len(done)} buckets of an earlier run of this job are complete and kept")
     with beam.Pipeline(options=options) as p:
         read = p | "Read" >> ReadUrlLists(list_cfg)
-        fetched = read.candidates | "Fetch" >> FetchImages(fetch_cfg, image_cfg, threads=args.threads)
-        rejected = (read[SOURCE_REJECTED], fetched[REJECTED]) | "AllRejected" >> beam.Flatten()
+        everything = (read.candidates, read[SOURCE_REJECTED]) | "AllCandidates" >> beam.Flatten()
+        buckets = (
+            everything
+            | "CountCandidates" >> beam.combiners.Count.Globally()
+            | "Buckets" >> beam.Map(buckets_for, args.samples_per_shard)
+        )
+        n = beam.pvalue.AsSingleton(buckets)
+        todo = read.candidates | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
+        bad_rows = read[SOURCE_REJECTED] | "PendingBad" >> beam.Filter(
+            lambda r, n: is_pending(r[fields.KEY], n, done), n=n
+        )
+        fetched = todo | "Fetch" >> FetchImages(fetch_cfg, image_cfg, threads=args.threads)
+        rejected = (bad_rows, fetched[REJECTED]) | "AllRejected" >> beam.Flatten()
         _ = {"samples": fetched.samples, "rejected": rejected} | "Write" >> WriteDataset(
-            args.out, args.samples_per_shard, config
+            args.out, config, buckets, done
         )

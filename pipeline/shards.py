@@ -104,7 +104,8 @@ def _atomic_file(final: Path) -> Iterator[_HashingFile]:
     _fsync_dir(final.parent)
 
 
-def _write_bytes(root: Path, rel: str, data: bytes) -> FileEntry:
+def write_file_atomic(root: Path, rel: str, data: bytes) -> FileEntry:
+    """Write `root/rel` atomically (temp name, fsync, rename) and return its entry."""
     final = root / rel
     _remove_stale_temps(final)
     with _atomic_file(final) as out:
@@ -224,7 +225,7 @@ def write_shard(dataset_dir: str | os.PathLike, index: int, samples: Iterable[tu
     with _atomic_file(root / tar_rel) as out:
         _write_tar(out, rows, [(image, ext) for _, image, ext in prepared])
     tar_entry = FileEntry(path=tar_rel, bytes=out.size, sha256=out.hexdigest())
-    parquet_entry = _write_bytes(root, f"{SHARDS_DIR}/{name}.parquet", _parquet_bytes(table))
+    parquet_entry = write_file_atomic(root, f"{SHARDS_DIR}/{name}.parquet", _parquet_bytes(table))
     return ShardEntry(name=name, rows=len(rows), tar=tar_entry, parquet=parquet_entry)
 
 
@@ -239,7 +240,7 @@ def write_rejections(dataset_dir: str | os.PathLike, part: str, rows: Iterable[M
     root = Path(dataset_dir)
     (root / REJECTED_DIR).mkdir(parents=True, exist_ok=True)
     _invalidate_manifest(root)
-    return _write_bytes(root, f"{REJECTED_DIR}/{part}.parquet", _parquet_bytes(table))
+    return write_file_atomic(root, f"{REJECTED_DIR}/{part}.parquet", _parquet_bytes(table))
 
 
 def _check_count(stage: object, reason: object) -> None:
@@ -294,10 +295,10 @@ def finalize_dataset(
     text = manifest.to_json()  # before anything is written: a config that is not JSON fails here
     sizes = {Path(s.tar.path).name: s.rows for s in shards}
     sizes_json = (json.dumps(sizes, indent=2, sort_keys=True) + "\n").encode()
-    _write_bytes(root, SIZES_NAME, sizes_json)
+    write_file_atomic(root, SIZES_NAME, sizes_json)
     if shards:  # open_clip looks for sizes.json beside the tars, not at the dataset root
-        _write_bytes(root, f"{SHARDS_DIR}/{SIZES_NAME}", sizes_json)
-    _write_bytes(root, MANIFEST_NAME, text.encode())
+        write_file_atomic(root, f"{SHARDS_DIR}/{SIZES_NAME}", sizes_json)
+    write_file_atomic(root, MANIFEST_NAME, text.encode())
     return manifest
 
 

@@ -1,100 +1,163 @@
-"""The dataset-writing stage in Beam: samples into shards, rejections into parts, then the manifest last."""
+"""The dataset-writing stage in Beam: candidates' outcomes into shard buckets, resumable, then the manifest last."""
 
+import dataclasses
 import hashlib
+import json
 import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.shards import finalize_dataset, write_rejections, write_shard
-from schemas import fields
+from pipeline.shards import finalize_dataset, write_file_atomic, write_rejections, write_shard
+from schemas import FileEntry, ShardEntry, fields
+from schemas.manifest import SHARDS_DIR
 
-REJECTIONS_PER_PART = 200_000
+MARKER_PREFIX = ".bucket-"  # hidden: readers trust the manifest, these only serve a rerun
 
 
 def bucket(key: str, buckets: int) -> int:
-    """A key's shard (or rejection part): stable across runs, runners and Python's hash seed."""
+    """A key's bucket (its shard and rejection part): stable across runs, runners and Python's hash seed."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % buckets
 
 
-def buckets_for(count: int, per_bucket: int) -> int:
-    return max(1, math.ceil(count / per_bucket))
+def buckets_for(candidates: int, per_bucket: int) -> int:
+    """Buckets sized by candidates, as img2dataset sizes shards by input rows: known before anything is fetched,
+    so a rerun can tell which buckets are already done."""
+    return max(1, math.ceil(candidates / per_bucket))
 
 
-def _funnel(stage_reason_counts: list[tuple[tuple[str, str], int]], extra: dict) -> dict:
-    counts: dict[str, dict[str, int]] = {}
-    for (stage, reason), n in stage_reason_counts:
-        counts.setdefault(stage, {})[reason] = counts.get(stage, {}).get(reason, 0) + n
-    for stage, by_reason in extra.items():
-        for reason, n in by_reason.items():
-            counts.setdefault(stage, {})[reason] = counts.get(stage, {}).get(reason, 0) + n
-    return counts
+def run_fingerprint(config: dict) -> str:
+    """What a bucket marker must match to be reused: the same job config (input pattern included)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BucketResult:
+    """What one bucket wrote: its shard (None if nothing was kept), its rejection part, and its reason counts."""
+
+    index: int
+    buckets: int
+    fingerprint: str
+    shard: ShardEntry | None
+    rejected: FileEntry | None
+    counts: dict  # {stage: {reason: n}}
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "index": self.index,
+                "buckets": self.buckets,
+                "fingerprint": self.fingerprint,
+                "shard": None if self.shard is None else dataclasses.asdict(self.shard),
+                "rejected": None if self.rejected is None else dataclasses.asdict(self.rejected),
+                "counts": self.counts,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "BucketResult":
+        d = json.loads(text)
+        return cls(
+            index=d["index"],
+            buckets=d["buckets"],
+            fingerprint=d["fingerprint"],
+            shard=None if d["shard"] is None else ShardEntry.from_dict(d["shard"]),
+            rejected=None if d["rejected"] is None else FileEntry(**d["rejected"]),
+            counts=d["counts"],
+        )
+
+
+def write_bucket(root: str, index: int, buckets: int, fingerprint: str, samples, rejections) -> BucketResult:
+    """Write one bucket's shard and rejection part, then its marker last: a marker means the bucket is whole."""
+    samples, rejections = list(samples), list(rejections)
+    shard = write_shard(root, index, samples) if samples else None
+    part = write_rejections(root, f"part-{index:05d}", rejections) if rejections else None
+    counts: dict = {}
+    for (stage, reason), n in sorted(Counter((r[fields.STAGE], r[fields.REASON]) for r in rejections).items()):
+        counts.setdefault(stage, {})[reason] = n
+    result = BucketResult(index, buckets, fingerprint, shard, part, counts)
+    write_file_atomic(Path(root), f"{SHARDS_DIR}/{MARKER_PREFIX}{index:05d}.json", result.to_json().encode())
+    return result
+
+
+def completed_buckets(root: str, fingerprint: str) -> dict[int, BucketResult]:
+    """Buckets an earlier run of the same job finished, whose files are still there at their recorded sizes."""
+    done = {}
+    for marker in sorted((Path(root) / SHARDS_DIR).glob(f"{MARKER_PREFIX}*.json")):
+        try:
+            result = BucketResult.from_json(marker.read_text())
+        except (ValueError, KeyError, TypeError):
+            continue  # a marker we cannot read is a bucket to redo
+        files = ([result.shard.tar, result.shard.parquet] if result.shard else []) + (
+            [result.rejected] if result.rejected else []
+        )
+        intact = all((Path(root) / f.path).is_file() and (Path(root) / f.path).stat().st_size == f.bytes for f in files)
+        if result.fingerprint == fingerprint and intact:
+            done[result.index] = result
+    return done
+
+
+def is_pending(key: str, buckets: int, done: dict[int, BucketResult]) -> bool:
+    """Whether a candidate still has to be processed: its bucket is not among those done for this bucket count."""
+    index = bucket(key, buckets)
+    return index not in done or done[index].buckets != buckets
+
+
+def _finalize(root: str, results: list[BucketResult], config: dict):
+    counts: dict = {}
+    for r in results:
+        for stage, by_reason in r.counts.items():
+            for reason, n in by_reason.items():
+                counts.setdefault(stage, {})[reason] = counts.get(stage, {}).get(reason, 0) + n
+    shards = [r.shard for r in results if r.shard]
+    parts = [r.rejected for r in results if r.rejected]
+    Metrics.counter("shards", "shards").inc(len(shards))
+    return finalize_dataset(root, shards, parts, counts, config)
 
 
 class WriteDataset(beam.PTransform):
-    """{"samples": (row, image bytes), "rejected": REJECTION_SCHEMA rows} -> a dataset at `dataset_dir`.
+    """{"samples": (row, image), "rejected": REJECTION_SCHEMA rows} -> a dataset at `dataset_dir`.
 
-    Shards are buckets of a hash of the key, sized from the sample count (about `samples_per_shard` each, not
-    exactly: a global sort would cost a shuffle of every image); inside a shard samples are in key order, so the
-    same samples give byte-identical shards on any runner. The manifest is written once, after every shard.
+    Every outcome goes to the bucket of its key (`buckets`, a singleton PCollection, usually from the candidate
+    count); a bucket writes its shard (samples in key order) and rejection part, then a marker. Buckets in
+    `done` (from an earlier, interrupted run of the same job) are reused as they are, so a rerun fetches only
+    what is missing and ends with the same bytes. The manifest is written once, after every bucket.
     """
 
-    def __init__(self, dataset_dir: str, samples_per_shard: int, config: dict, counts: dict | None = None):
+    def __init__(self, dataset_dir: str, config: dict, buckets: beam.PCollection, done: dict | None = None):
         super().__init__()
-        if samples_per_shard < 1:
-            raise ValueError("samples_per_shard must be >= 1")
         self.dataset_dir = dataset_dir
-        self.samples_per_shard = samples_per_shard
         self.config = config
-        self.counts = counts or {}
+        self.buckets = buckets
+        self.done = done or {}
 
     # inputs: {"samples": PCollection, "rejected": PCollection}; returns a PCollection of the one DatasetManifest.
     def expand(self, inputs: Any) -> Any:
-        root, per_shard = self.dataset_dir, self.samples_per_shard
-        samples, rejected = inputs["samples"], inputs["rejected"]
-
-        n_samples = samples | "CountSamples" >> beam.combiners.Count.Globally()
-        shards = (
-            samples
-            | "ShardOf"
+        root, config, done = self.dataset_dir, self.config, self.done
+        fingerprint = run_fingerprint(config)
+        n = beam.pvalue.AsSingleton(self.buckets)
+        samples = inputs["samples"] | "SampleBucket" >> beam.Map(lambda s, n: (bucket(s[0][fields.KEY], n), s), n=n)
+        rejected = inputs["rejected"] | "RejectBucket" >> beam.Map(lambda r, n: (bucket(r[fields.KEY], n), r), n=n)
+        written = (
+            {"samples": samples, "rejected": rejected}
+            | "GroupBuckets" >> beam.CoGroupByKey()
+            | "WriteBucket"
             >> beam.Map(
-                lambda s, n: (bucket(s[0][fields.KEY], buckets_for(n, per_shard)), s),
-                n=beam.pvalue.AsSingleton(n_samples),
+                lambda kv, n: write_bucket(root, kv[0], n, fingerprint, kv[1]["samples"], kv[1]["rejected"]), n=n
             )
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.MapTuple(lambda index, items: write_shard(root, index, items))
         )
-        n_rejected = rejected | "CountRejected" >> beam.combiners.Count.Globally()
-        parts = (
-            rejected
-            | "PartOf"
-            >> beam.Map(
-                lambda r, n: (bucket(r[fields.KEY], buckets_for(n, REJECTIONS_PER_PART)), r),
-                n=beam.pvalue.AsSingleton(n_rejected),
-            )
-            | "GroupParts" >> beam.GroupByKey()
-            | "WritePart" >> beam.MapTuple(lambda index, rows: write_rejections(root, f"part-{index:05d}", rows))
-        )
-        funnel = (
-            rejected
-            | "StageReason" >> beam.Map(lambda r: ((r[fields.STAGE], r[fields.REASON]), 1))
-            | "CountReasons" >> beam.CombinePerKey(sum)
-        )
-        extra, config = self.counts, self.config
 
-        def finalize(_, shard_entries, part_entries, reason_counts):
-            Metrics.counter("shards", "shards").inc(len(shard_entries))
-            return finalize_dataset(root, shard_entries, part_entries, _funnel(reason_counts, extra), config)
+        def finalize(_, new: list[BucketResult], buckets: int):
+            reused = [r for r in done.values() if r.buckets == buckets and r.index not in {x.index for x in new}]
+            return _finalize(root, sorted(new + reused, key=lambda r: r.index), config)
 
         return (
-            samples.pipeline
+            inputs["samples"].pipeline
             | "Once" >> beam.Create([None])
-            | "Finalize"
-            >> beam.Map(
-                finalize,
-                beam.pvalue.AsList(shards),
-                beam.pvalue.AsList(parts),
-                beam.pvalue.AsList(funnel),
-            )
+            | "Finalize" >> beam.Map(finalize, beam.pvalue.AsList(written), n)
         )

@@ -75,7 +75,7 @@ def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site
 
     assert verify_dataset(tmp_path / "a") == []
     manifest = DatasetManifest.from_json((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest.rows == 30 and len(manifest.shards) == 4
+    assert manifest.rows == 30 and len(manifest.shards) == 5  # ceil(35 candidates / 8) buckets
     assert manifest.counts == {
         "fetch": {reasons.HTTP_4XX: 1, reasons.ROBOTS_DISALLOWED: 1, reasons.NOT_AN_IMAGE: 1},
         "source": {reasons.INVALID_URL: 1, reasons.MALFORMED_ROW: 1},
@@ -87,7 +87,87 @@ def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site
     s7 = by_caption["picture number 7"]
     assert (s7.row[fields.ORIGINAL_WIDTH], s7.row[fields.ORIGINAL_HEIGHT]) == (180, 149)
     assert Image.open(io.BytesIO(s7.image)).size == (180, 149)  # smaller than 256: not upscaled
-    rejected = pq.read_table(tmp_path / "a" / manifest.rejected[0].path).to_pylist()
+    rejected = pq.read_table([str(tmp_path / "a" / f.path) for f in manifest.rejected]).to_pylist()
     assert len(rejected) == 5 and {r[fields.URL] for r in rejected} >= {f"{image_site}/missing.jpg", "not a url"}
     # Another runner, another run: the same bytes.
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+
+
+class _Counting(_Quiet):
+    hits: dict = {}
+
+    def do_GET(self):  # noqa: N802
+        _Counting.hits[self.path] = _Counting.hits.get(self.path, 0) + 1
+        super().do_GET()
+
+
+def test_rerun_after_an_interruption_fetches_only_what_is_missing_and_ends_identical(tmp_path, image_site):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(site_dir / f"{i}.jpg")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Counting, directory=str(site_dir)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    urls = [f"{base}/{i}.jpg" for i in range(40)] + [f"{base}/gone-{i}.jpg" for i in range(4)]
+    pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(44)]}), tmp_path / "l.parquet")
+    args = [
+        "--candidates",
+        str(tmp_path / "l.parquet"),
+        "--allow-private",
+        "--samples-per-shard",
+        "10",
+        "--threads",
+        "4",
+    ]
+    try:
+        fetch.run([*args, "--out", str(tmp_path / "whole")])
+        fetch.run([*args, "--out", str(tmp_path / "resumed")])
+        # An interruption: the manifest never written, two buckets lost (files, and the marker of one).
+        resumed = tmp_path / "resumed"
+        (resumed / "manifest.json").unlink()
+        for name in ("00001.tar", "00001.parquet", ".bucket-00001.json", ".bucket-00003.json"):
+            (resumed / "shards" / name).unlink()
+        _Counting.hits.clear()
+        fetch.run([*args, "--out", str(resumed)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    refetched = sum(n for path, n in _Counting.hits.items() if path != "/robots.txt")
+    assert 0 < refetched < 44 / 2  # two buckets of five, not everything again
+    assert verify_dataset(resumed) == []
+    assert _digests(resumed) == _digests(tmp_path / "whole")
+
+
+def test_a_killed_fetch_job_rerun_gives_the_same_dataset(tmp_path, image_site):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    urls = [f"{image_site}/{i % 30}.jpg?v={i}" for i in range(120)]
+    pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(120)]}), tmp_path / "l.parquet")
+    args = [
+        "--candidates",
+        str(tmp_path / "l.parquet"),
+        "--allow-private",
+        "--samples-per-shard",
+        "10",
+        "--threads",
+        "2",
+    ]
+    fetch.run([*args, "--out", str(tmp_path / "whole")])
+    code = "import sys; from beam_jobs import fetch; fetch.run(sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(tmp_path / "killed")])
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "killed" / "shards").glob(".bucket-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    fetch.run([*args, "--out", str(tmp_path / "killed")])
+    assert verify_dataset(tmp_path / "killed") == []
+    final = {k: v for k, v in _digests(tmp_path / "killed").items() if ".tmp" not in k}
+    assert final == _digests(tmp_path / "whole")
