@@ -14,6 +14,15 @@ from schemas import reasons
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")  # img2dataset's modes
 _ORIENTATION = 0x0112
+# Shrinking averages areas (BOX), as img2dataset's default cv2 INTER_AREA does: sharp, alias-free, and 3x faster
+# than Lanczos here; enlarging (only with upscale) uses Lanczos. A reducing gap makes the phash thumbnail cheap.
+_REDUCING_GAP = 3.0
+
+
+def _resample(scale: float) -> Image.Resampling:
+    return Image.Resampling.BOX if scale < 1 else Image.Resampling.LANCZOS
+
+
 _FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
@@ -101,28 +110,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _scaled(img: Image.Image, scale: float) -> Image.Image:
+    w, h = img.size
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), _resample(scale))
 
 
 def resize(img: Image.Image, cfg: ImageConfig) -> Image.Image:
+    """img2dataset's resize modes; without `upscale`, images smaller than the target keep their size."""
     w, h = img.size
     size = cfg.image_size
     if cfg.resize_mode == "no":
         return img
     if cfg.resize_mode in ("keep_ratio", "keep_ratio_largest"):
         scale = size / (min(w, h) if cfg.resize_mode == "keep_ratio" else max(w, h))
-        if scale >= 1 and not cfg.upscale:
-            return img
-        return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+        return img if scale >= 1 and not cfg.upscale else _scaled(img, scale)
     if cfg.resize_mode == "center_crop":
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
         img = img.crop((left, top, left + side, top + side))
-        return img if side <= size and not cfg.upscale else img.resize((size, size), Image.Resampling.LANCZOS)
+        return img if side <= size and not cfg.upscale else _scaled(img, size / side)
     # border: fit inside size x size, pad with black as img2dataset does
     scale = min(size / w, size / h)
     if scale < 1 or cfg.upscale:
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+        img = _scaled(img, scale)
     canvas = Image.new("RGB", (size, size))
     canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return canvas
@@ -144,7 +157,9 @@ def phash(img: Image.Image) -> int:
 
     Re-encoding, resizing and mild crops move few bits, so near-duplicates sit within a small Hamming distance.
     """
-    grey = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    grey = np.asarray(
+        img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP), dtype=np.float64
+    )
     low = (_DCT32 @ grey @ _DCT32.T)[:8, :8].flatten()
     bits = low > np.median(low)
     return int(sum(1 << (63 - i) for i, bit in enumerate(bits) if bit))
