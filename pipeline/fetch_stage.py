@@ -1,7 +1,7 @@
 """The fetch stage in Beam: candidates in, (sample row, image bytes) and rejection rows out, many in flight."""
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import apache_beam as beam
@@ -32,7 +32,10 @@ class _FetchBatch(beam.DoFn):
         self.pool = ThreadPoolExecutor(max_workers=self.threads)
 
     def process(self, batch: list[dict]) -> Iterator:
-        for result in self.pool.map(lambda c: fetch_or_reject(self.fetcher, c, self.image_cfg), batch):
+        futures = [self.pool.submit(fetch_or_reject, self.fetcher, c, self.image_cfg) for c in batch]
+        # As they complete, not in order: Beam needs no order, and a slow host must not hold back the rest.
+        for future in as_completed(futures):
+            result = future.result()
             if isinstance(result, Rejected):
                 Metrics.counter("fetch", result.reason).inc()
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(result.candidate, result.reason, result.detail))
@@ -62,7 +65,8 @@ class FetchImages(beam.PTransform):
         return (
             candidates
             | "Spread" >> beam.Reshuffle()
-            | "Batch" >> beam.BatchElements(min_batch_size=self.threads, max_batch_size=self.threads * 4)
+            # Large batches: a batch ends only when its slowest fetch does, so small ones leave threads idle.
+            | "Batch" >> beam.BatchElements(min_batch_size=self.threads * 2, max_batch_size=self.threads * 16)
             | "Fetch"
             >> beam.ParDo(_FetchBatch(self.fetch_cfg, self.image_cfg, self.threads)).with_outputs(
                 REJECTED, main="samples"
