@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
 
@@ -34,6 +34,7 @@ from pipeline.rejection import Rejected
 from schemas import CANDIDATE_SCHEMA, fields, reasons
 
 _REDIRECTS = (301, 302, 303, 307, 308)
+_ROBOTS_MAX_BYTES = 512 * 1024
 _RETRYABLE = (429, 503)
 
 
@@ -153,11 +154,42 @@ class Fetcher:
             raise Rejected(rules.reason, rules.detail)
         return rules.can_fetch(self.cfg.user_agent_token, url)
 
+    def open(self, url: str) -> urllib3.BaseHTTPResponse:
+        """GET one URL, no redirects, body unread, from the address `addresses` gave (the one check_target judged):
+        a name that resolves elsewhere a moment later (DNS rebinding) cannot send us to another host."""
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ip = self.addresses(parts.hostname, port)[0]
+        tls = (
+            {"server_hostname": parts.hostname, "assert_hostname": parts.hostname} if parts.scheme == "https" else None
+        )
+        pool = self.http.connection_from_host(ip, port, parts.scheme, pool_kwargs=tls)
+        target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = {"User-Agent": self.cfg.user_agent, "Host": parts.netloc}
+        return pool.urlopen(
+            "GET", target, headers=headers, redirect=False, retries=False, preload_content=False, assert_same_host=False
+        )
+
     def _fetch_robots(self, url: str):
+        """Rules from robots.txt, following up to 5 redirects (RFC 9309), each hop checked like any fetch."""
         try:
-            with self.host_slot(url):
-                resp = self.http.request("GET", url, redirect=True, preload_content=True)
-            return robots_for_status(resp.status, resp.data.decode("utf-8", "replace"))
+            for _ in range(5):
+                check_target(self, url)
+                resp = self.open(url)  # no host slot: the fetch that needs these rules may be holding one
+                try:
+                    if resp.status in _REDIRECTS and resp.headers.get("Location"):
+                        url = urljoin(url, resp.headers["Location"])
+                        continue
+                    body = resp.read(_ROBOTS_MAX_BYTES)  # RFC 9309: parse at least 500 KiB, ignore the rest
+                    return robots_for_status(resp.status, body.decode("utf-8", "replace"))
+                finally:
+                    resp.close()
+                    resp.release_conn()
+            return robots_for_status(404)  # a redirect chain past 5 hops counts as unavailable: no rules
+        except Rejected as e:
+            if e.reason == reasons.DNS_ERROR:
+                return e
+            return robots_for_status(404)  # robots.txt elsewhere and off limits: as if it did not exist
         except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass, but not a timeout
             return Rejected(_connection_reason(e), f"robots.txt: {e}"[:200])
         except urllib3.exceptions.TimeoutError as e:
@@ -237,8 +269,7 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
             raise Rejected(reasons.TOO_MANY_REDIRECTS, f"loop at {url[:200]}")
         seen.add(url)
         try:
-            with fetcher.host_slot(url):
-                resp = fetcher.http.request("GET", url, redirect=False, preload_content=False)
+            resp = fetcher.open(url)
         except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass, but not a timeout
             raise Rejected(_connection_reason(e), str(e)[:200]) from None
         except urllib3.exceptions.TimeoutError as e:
@@ -293,42 +324,55 @@ def fetch_page(fetcher: Fetcher, url: str, sleep=time.sleep) -> Fetched:
 
 def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=time.sleep) -> Fetched:
     """GET `url` under every politeness and safety rule; `accept` judges the Content-Type (an absent one passes,
-    the bytes then decide). Raises Rejected with a fetch-stage reason code."""
+    the bytes then decide). Raises Rejected with a fetch-stage reason code.
+
+    Each try holds one of the host's slots from the first byte sent to the last byte read; waiting out a
+    Retry-After does not.
+    """
     cfg = fetcher.cfg
     for attempt in range(1, cfg.tries + 1):
-        started = time.monotonic()
-        resp, final_url = _request(fetcher, url)
-        consumed = reading = False
-        try:
-            if resp.status in _RETRYABLE:
-                wait = retry_after_seconds(resp.headers.get("Retry-After"))
-                wait = min(2.0 ** (attempt - 1), cfg.max_retry_after) if wait is None else wait
-                if attempt == cfg.tries or wait > cfg.max_retry_after:
-                    raise Rejected(reasons.RATE_LIMITED, f"HTTP {resp.status} after {attempt} tries")
-                sleep(wait)
-                continue
-            if not 200 <= resp.status < 300:
-                raise Rejected(_status_reason(resp.status), str(resp.status))
-            opt_out = x_robots_opt_out(
-                resp.headers.getlist("X-Robots-Tag"), cfg.user_agent_token, cfg.disallowed_directives
-            )
-            if opt_out:
-                raise Rejected(reasons.OPTOUT_HEADER, opt_out)
-            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype and not accept(ctype):
-                raise Rejected(reasons.NOT_HTML if accept is _is_html_type else reasons.NOT_AN_IMAGE, ctype)
-            try:
-                reading = True
-                data = _read_bounded(resp, cfg.max_bytes, started + cfg.deadline)
-                consumed = True
-            except urllib3.exceptions.TimeoutError as e:
-                raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
-            except urllib3.exceptions.HTTPError as e:
-                raise Rejected(reasons.CONNECT_ERROR, str(e)[:200]) from None
-            return Fetched(data=data, status=resp.status, content_type=ctype, final_url=final_url)
-        finally:
-            _release(resp, consumed, reading)
+        with fetcher.host_slot(url):
+            outcome = _attempt(fetcher, url, accept)
+        if isinstance(outcome, Fetched):
+            return outcome
+        status, wait = outcome
+        wait = min(2.0 ** (attempt - 1), cfg.max_retry_after) if wait is None else wait
+        if attempt == cfg.tries or wait > cfg.max_retry_after:
+            raise Rejected(reasons.RATE_LIMITED, f"HTTP {status} after {attempt} tries")
+        sleep(wait)
     raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _attempt(fetcher: Fetcher, url: str, accept: Callable[[str], bool]) -> Fetched | tuple[int, float | None]:
+    """One try: the response, or (status, Retry-After seconds or None) for a 429/503 worth retrying."""
+    cfg = fetcher.cfg
+    started = time.monotonic()
+    resp, final_url = _request(fetcher, url)
+    consumed = reading = False
+    try:
+        if resp.status in _RETRYABLE:
+            return resp.status, retry_after_seconds(resp.headers.get("Retry-After"))
+        if not 200 <= resp.status < 300:
+            raise Rejected(_status_reason(resp.status), str(resp.status))
+        opt_out = x_robots_opt_out(
+            resp.headers.getlist("X-Robots-Tag"), cfg.user_agent_token, cfg.disallowed_directives
+        )
+        if opt_out:
+            raise Rejected(reasons.OPTOUT_HEADER, opt_out)
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype and not accept(ctype):
+            raise Rejected(reasons.NOT_HTML if accept is _is_html_type else reasons.NOT_AN_IMAGE, ctype)
+        try:
+            reading = True
+            data = _read_bounded(resp, cfg.max_bytes, started + cfg.deadline)
+            consumed = True
+        except urllib3.exceptions.TimeoutError as e:
+            raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
+        except urllib3.exceptions.HTTPError as e:
+            raise Rejected(reasons.CONNECT_ERROR, str(e)[:200]) from None
+        return Fetched(data=data, status=resp.status, content_type=ctype, final_url=final_url)
+    finally:
+        _release(resp, consumed, reading)
 
 
 def sample_from_candidate(fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig) -> tuple[dict, bytes]:

@@ -44,6 +44,20 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
+    def _slow_body(self):
+        with self.lock:
+            _Handler.in_flight += 1
+            _Handler.max_in_flight = max(_Handler.max_in_flight, _Handler.in_flight)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(JPEG)))
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(0.15)  # headers sent at once, the body only later: the request is still in flight
+        self.wfile.write(JPEG)
+        with self.lock:
+            _Handler.in_flight -= 1
+
     def _drip(self):
         self.send_response(200)
         self.send_header("Content-Type", "image/jpeg")
@@ -104,9 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
             "/corrupt.jpg": lambda: self._send(200, JPEG[:40]),
             "/slow.jpg": self._slow,
             "/drip.jpg": self._drip,
+            "/slow-body.jpg": self._slow_body,
             "/endless.jpg": self._endless,
         }
-        routes.get(self.path, lambda: self._send(404, b"", "text/html"))()
+        routes.get(self.path.split("?")[0], lambda: self._send(404, b"", "text/html"))()
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +305,19 @@ def test_server_errors_and_odd_ip_spellings(base_url):
     strict = Fetcher(FetchConfig())
     for host in ("2130706433", "0x7f000001", "127.1", "[::ffff:127.0.0.1]", "localhost"):
         assert _reason(strict, f"http://{host}:{port}/ok.jpg") == reasons.BLOCKED_ADDRESS, host
+
+
+def test_per_host_cap_covers_the_body_download(base_url):
+    cands = [{fields.KEY: f"b{i}", fields.URL: f"{base_url}/slow-body.jpg?{i}"} for i in range(8)]
+    _Handler.max_in_flight = 0
+    out = list(fetch_candidates(cands, FetchConfig(allow_private=True, max_per_host=2), ImageConfig(min_side=16), 8))
+    assert not [o for o in out if isinstance(o, Rejected)]
+    assert _Handler.max_in_flight == 2
+
+
+def test_connects_to_the_address_that_was_checked(base_url):
+    """DNS pinning: the connection goes to the address resolved (and judged) once, never to a fresh lookup."""
+    port = int(base_url.rsplit(":", 1)[1])
+    f = Fetcher(FetchConfig(allow_private=True))
+    f._dns[("pinned.invalid", port)] = ["127.0.0.1"]  # as if resolved and checked a moment ago
+    assert fetch_image(f, f"http://pinned.invalid:{port}/ok.jpg").data == JPEG  # .invalid never resolves in DNS
