@@ -39,7 +39,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	@echo "benchmarks: see benchmarks/README.md (none yet for the foundation)"
+	$(PY) benchmarks/fetch.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
