@@ -7,8 +7,8 @@ from pathlib import Path
 import apache_beam as beam
 
 from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
-from pipeline.crawl import CrawlConfig, CrawlPages
 from pipeline.rows_io import WriteRows
+from pipeline.sources.crawl import CrawlConfig, CrawlPages
 from schemas import CANDIDATE_SCHEMA, PAGE_SCHEMA
 
 

@@ -7,7 +7,7 @@ import apache_beam as beam
 
 from beam_jobs.options import split_args
 from pipeline.rows_io import WriteRows
-from pipeline.warc import PAGES, ReadArchives
+from pipeline.sources.warc import PAGES, ReadArchives
 from schemas import CANDIDATE_SCHEMA, PAGE_SCHEMA
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import apache_beam as beam
 
 from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
-from pipeline.fetch import FetchConfig
-from pipeline.fetch_stage import REJECTED, FetchImages
-from pipeline.image import RESIZE_MODES, ImageConfig
-from pipeline.sources import REJECTED as SOURCE_REJECTED
-from pipeline.sources import ReadUrlLists, UrlListConfig
+from pipeline.fetch.http import FetchConfig
+from pipeline.fetch.image import RESIZE_MODES, ImageConfig
+from pipeline.fetch.stage import REJECTED, FetchImages
+from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
+from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig
 from pipeline.write_dataset import WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
 from schemas import fields
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.fetch import FetchConfig
-from pipeline.politeness import USER_AGENT_TOKEN, user_agent
+from pipeline.fetch.http import FetchConfig
+from pipeline.fetch.politeness import USER_AGENT_TOKEN, user_agent
 
 # Prism, Beam's newer default, downloads a binary at start; the in-process FnApiRunner works offline.
 DEFAULT_RUNNER = "FnApiRunner"

@@ -5,7 +5,7 @@ import random
 import struct
 import zlib
 
-from pipeline.politeness import USER_AGENT_TOKEN
+from pipeline.fetch.politeness import USER_AGENT_TOKEN
 from schemas import reasons
 
 OK = "ok"  # expected outcome of a URL that fetches and decodes (with default fetch and image configs)

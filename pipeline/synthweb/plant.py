@@ -2,7 +2,7 @@
 
 import hashlib
 
-from pipeline.politeness import USER_AGENT_TOKEN
+from pipeline.fetch.politeness import USER_AGENT_TOKEN
 from pipeline.synthweb import faults as flt
 from pipeline.synthweb.draw import encode, render
 from pipeline.synthweb.site import Block, Page, placeholder

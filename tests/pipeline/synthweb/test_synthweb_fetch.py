@@ -2,8 +2,8 @@
 
 import pyarrow.parquet as pq
 
-from pipeline.fetch import FetchConfig, fetch_candidates
-from pipeline.image import ImageConfig
+from pipeline.fetch.http import FetchConfig, fetch_candidates
+from pipeline.fetch.image import ImageConfig
 from pipeline.synthweb.faults import OK
 
 

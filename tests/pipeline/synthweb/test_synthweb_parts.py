@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.politeness import USER_AGENT_TOKEN
+from pipeline.fetch.politeness import USER_AGENT_TOKEN
 from pipeline.synthweb import WebConfig, vocabulary
 from pipeline.synthweb.captions import CAPTION_KINDS, CaptionWriter, html_escape, mentioned_classes
 from pipeline.synthweb.draw import Drawing, encode, near_copy, render

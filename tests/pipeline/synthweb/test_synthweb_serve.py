@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.politeness import USER_AGENT_TOKEN
+from pipeline.fetch.politeness import USER_AGENT_TOKEN
 from pipeline.synthweb import serve_web
 from pipeline.synthweb.faults import robots_txt
 from pipeline.synthweb.spec import CONTENT_TYPES, PIL_FORMATS

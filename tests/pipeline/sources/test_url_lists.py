@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.rejection import Rejected
-from pipeline.sources import (
+from pipeline.sources.url_lists import (
     REJECTED,
     ReadUrlLists,
     UrlListConfig,
@@ -117,7 +117,7 @@ def test_no_matching_files_is_a_clear_error(tmp_path):
 
 
 def test_our_own_candidate_files_keep_keys_and_page_context(tmp_path):
-    from pipeline.html_extract import extract_page, page_candidates
+    from pipeline.sources.html import extract_page, page_candidates
     from schemas import CANDIDATE_SCHEMA
     from schemas.records import conform
 

@@ -1,6 +1,6 @@
 """HTML extraction: img/srcset/lazy attributes, figcaption, base href, entities, links, candidates."""
 
-from pipeline.html_extract import extract_page, largest_from_srcset, page_candidates
+from pipeline.sources.html import extract_page, largest_from_srcset, page_candidates
 from schemas import fields
 
 PAGE = """<!doctype html><html lang="de"><head><title>Shapes &amp; Colours</title><base href="/gallery/"></head>

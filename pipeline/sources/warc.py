@@ -11,8 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from pipeline.html_extract import ImageRef, Page, absolute_url, extract_page, page_candidates
-from pipeline.sources import match_paths
+from pipeline.sources.html import ImageRef, Page, absolute_url, extract_page, page_candidates
+from pipeline.sources.url_lists import match_paths
 from schemas import fields, reasons
 
 PAGES = "pages"

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from pipeline.fetch import FetchConfig, Fetcher, fetch_candidates, fetch_image, retry_after_seconds
-from pipeline.image import ImageConfig
+from pipeline.fetch.http import FetchConfig, Fetcher, fetch_candidates, fetch_image, retry_after_seconds
+from pipeline.fetch.image import ImageConfig
 from pipeline.rejection import Rejected
 from schemas import fields, reasons
 
@@ -243,7 +243,7 @@ def test_fetch_images_beam_stage(base_url):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline.fetch_stage import REJECTED, FetchImages
+    from pipeline.fetch.stage import REJECTED, FetchImages
 
     paths = ["/ok.jpg", "/missing.jpg", "/private/a.jpg", "/redirect.jpg", "/corrupt.jpg"]
     cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p, fields.CAPTION: p} for i, p in enumerate(paths)]

@@ -7,8 +7,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.fetch import FetchConfig, Fetcher, fetch_or_reject
-from pipeline.image import ImageConfig
+from pipeline.fetch.http import FetchConfig, Fetcher, fetch_or_reject
+from pipeline.fetch.image import ImageConfig
 from pipeline.rejection import Rejected, rejection_row
 
 REJECTED = "rejected"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.politeness import (
+from pipeline.fetch.politeness import (
     USER_AGENT_TOKEN,
     is_public_address,
     optout_match,

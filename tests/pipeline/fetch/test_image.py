@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pipeline.image import ImageConfig, hamming, phash, process_image
+from pipeline.fetch.image import ImageConfig, hamming, phash, process_image
 from pipeline.rejection import Rejected, rejection_row
 from schemas import fields, reasons
 

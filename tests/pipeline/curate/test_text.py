@@ -6,7 +6,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.text import (
+from pipeline.curate.text import (
     REJECTED,
     CurateText,
     FastTextLangId,

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.fetch import FetchConfig, Fetcher, fetch_page
-from pipeline.html_extract import extract_page, page_candidates
+from pipeline.fetch.http import FetchConfig, Fetcher, fetch_page
 from pipeline.rejection import Rejected
+from pipeline.sources.html import extract_page, page_candidates
 from schemas import fields
 
 CANDIDATES = "candidates"

@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from pipeline.warc import PAGES, ReadArchives, iter_archive, wat_page
+from pipeline.sources.warc import PAGES, ReadArchives, iter_archive, wat_page
 from schemas import fields, reasons
 
 HTML = b'<html lang="en"><title>Cats</title><img src="/img/cat.jpg" alt="a grey cat &amp; a box"></html>'

@@ -8,8 +8,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.crawl import CrawlConfig, CrawlPages, allowed_netlocs, link_allowed
-from pipeline.fetch import FetchConfig
+from pipeline.fetch.http import FetchConfig
+from pipeline.sources.crawl import CrawlConfig, CrawlPages, allowed_netlocs, link_allowed
 from schemas import fields, reasons
 
 SITE = {

@@ -16,8 +16,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
 
-from pipeline.image import ImageConfig, process_image
-from pipeline.politeness import (
+from pipeline.fetch.image import ImageConfig, process_image
+from pipeline.fetch.politeness import (
     DEFAULT_DISALLOWED_DIRECTIVES,
     USER_AGENT,
     USER_AGENT_TOKEN,

@@ -1,0 +1,1 @@
+"""Candidates -> samples: polite, safe HTTP fetching and image processing."""

@@ -1,0 +1,1 @@
+"""Sources -> candidates: URL lists, HTML crawls, Common Crawl WARC/WAT."""
