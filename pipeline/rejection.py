@@ -13,6 +13,9 @@ class Rejected(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # crosses process boundaries (image workers) with its code, not its message
+        return (Rejected, (self.reason, self.detail))
+
     @property
     def stage(self) -> str:
         return reasons.stage_of(self.reason)

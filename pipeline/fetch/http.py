@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
 
-from pipeline.fetch.image import ImageConfig, process_image
+from pipeline.fetch.image import ImageConfig, ProcessedImage, process_image
 from pipeline.fetch.politeness import (
     DEFAULT_DISALLOWED_DIRECTIVES,
     USER_AGENT,
@@ -375,13 +375,21 @@ def _attempt(fetcher: Fetcher, url: str, accept: Callable[[str], bool]) -> Fetch
         _release(resp, consumed, reading)
 
 
-def sample_from_candidate(fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig) -> tuple[dict, bytes]:
-    """Fetch and process one candidate into a (SAMPLE_SCHEMA row, image bytes) pair; raises Rejected."""
+ImageProcessor = Callable[[bytes, ImageConfig], ProcessedImage]
+
+
+def sample_from_candidate(
+    fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig, process: ImageProcessor = process_image
+) -> tuple[dict, bytes]:
+    """Fetch and process one candidate into a (SAMPLE_SCHEMA row, image bytes) pair; raises Rejected.
+
+    `process` runs the image work: in this thread by default, or handed to a process pool by the caller.
+    """
     url = candidate[fields.URL]
     if not url:
         raise Rejected(reasons.INVALID_URL, "empty URL")
     fetched = fetch_image(fetcher, url)
-    img = process_image(fetched.data, image_cfg)
+    img = process(fetched.data, image_cfg)
     row = {name: candidate.get(name) for name in CANDIDATE_SCHEMA.names}
     row.update(
         {
@@ -400,10 +408,12 @@ def sample_from_candidate(fetcher: Fetcher, candidate: dict, image_cfg: ImageCon
     return row, img.data
 
 
-def fetch_or_reject(fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig) -> tuple[dict, bytes] | Rejected:
+def fetch_or_reject(
+    fetcher: Fetcher, candidate: dict, image_cfg: ImageConfig, process: ImageProcessor = process_image
+) -> tuple[dict, bytes] | Rejected:
     """A sample, or the Rejected (with `.candidate` set) that says why not: every candidate gets one answer."""
     try:
-        return sample_from_candidate(fetcher, candidate, image_cfg)
+        return sample_from_candidate(fetcher, candidate, image_cfg, process)
     except Rejected as e:
         e.candidate = candidate
         return e

@@ -321,3 +321,24 @@ def test_connects_to_the_address_that_was_checked(base_url):
     f = Fetcher(FetchConfig(allow_private=True))
     f._dns[("pinned.invalid", port)] = ["127.0.0.1"]  # as if resolved and checked a moment ago
     assert fetch_image(f, f"http://pinned.invalid:{port}/ok.jpg").data == JPEG  # .invalid never resolves in DNS
+
+
+def test_fetch_stage_with_image_worker_processes(base_url):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.fetch.stage import REJECTED, FetchImages
+
+    paths = ["/ok.jpg", "/corrupt.jpg", "/ok.jpg?2"]
+    cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p} for i, p in enumerate(paths)]
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = (
+            p
+            | beam.Create(cands)
+            | FetchImages(FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=2, image_workers=1)
+        )
+        assert_that(out.samples | beam.Map(lambda s: s[0][fields.KEY]), equal_to(["k0", "k2"]), label="kept")
+        # A Rejected raised in a worker process comes back with its code intact.
+        bad = out[REJECTED] | beam.Map(lambda r: (r[fields.KEY], r[fields.REASON]))
+        assert_that(bad, equal_to([("k1", reasons.DECODE_ERROR)]), label="rejected")
