@@ -159,3 +159,26 @@ def test_keep_ratio_largest():
 def test_decoder_allowlist_refuses_other_formats():
     assert _reason(_picture(300, 200, "TIFF")) == reasons.DECODE_ERROR
     assert process_image(_picture(300, 200, "BMP"), ImageConfig()).original_width == 300
+
+
+def test_bomb_is_refused_with_memory_barely_moving():
+    """In a fresh process, so the high-water mark of resident memory belongs to this check alone."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys
+sys.path.insert(0, "tests/pipeline/fetch")
+from test_image import _png_bomb
+from pipeline.fetch.image import ImageConfig, process_image
+from pipeline.rejection import Rejected
+bomb = _png_bomb(40000)  # 1.6 gigapixels declared
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    process_image(bomb, ImageConfig())
+except Rejected as e:
+    print(e.reason, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == reasons.TOO_MANY_PIXELS
+    assert int(out[1]) < 20 * 1024  # KiB: decoding it would take over 1.5 GiB
