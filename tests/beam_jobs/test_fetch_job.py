@@ -93,6 +93,10 @@ def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
 
 
+def _job_args(candidates: Path, threads: int) -> list[str]:
+    return ["--candidates", str(candidates), "--allow-private", "--samples-per-shard", "10", "--threads", str(threads)]
+
+
 class _Counting(_Quiet):
     hits: dict = {}
 
@@ -113,15 +117,7 @@ def test_rerun_after_an_interruption_fetches_only_what_is_missing_and_ends_ident
     base = f"http://127.0.0.1:{server.server_address[1]}"
     urls = [f"{base}/{i}.jpg" for i in range(40)] + [f"{base}/gone-{i}.jpg" for i in range(4)]
     pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(44)]}), tmp_path / "l.parquet")
-    args = [
-        "--candidates",
-        str(tmp_path / "l.parquet"),
-        "--allow-private",
-        "--samples-per-shard",
-        "10",
-        "--threads",
-        "4",
-    ]
+    args = _job_args(tmp_path / "l.parquet", threads=4)
     try:
         fetch.run([*args, "--out", str(tmp_path / "whole")])
         fetch.run([*args, "--out", str(tmp_path / "resumed")])
@@ -149,15 +145,7 @@ def test_a_killed_fetch_job_rerun_gives_the_same_dataset(tmp_path, image_site):
 
     urls = [f"{image_site}/{i % 30}.jpg?v={i}" for i in range(120)]
     pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(120)]}), tmp_path / "l.parquet")
-    args = [
-        "--candidates",
-        str(tmp_path / "l.parquet"),
-        "--allow-private",
-        "--samples-per-shard",
-        "10",
-        "--threads",
-        "2",
-    ]
+    args = _job_args(tmp_path / "l.parquet", threads=2)
     fetch.run([*args, "--out", str(tmp_path / "whole")])
     code = "import sys; from beam_jobs import fetch; fetch.run(sys.argv[1:])"
     proc = subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(tmp_path / "killed")])
