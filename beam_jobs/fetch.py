@@ -1,24 +1,42 @@
-"""`wit fetch`: candidates (URL lists or our candidate files) -> fetched, resized, hashed images -> a dataset."""
+"""`wit fetch`: candidates (URL lists or our candidate files) -> fetched, resized, hashed images -> a dataset.
+
+With `--retry-failed DATASET` the candidates are instead that dataset's transient failures (timeouts, connection
+and DNS errors, 5xx, 429): the output is a new version holding the earlier shards, the new successes, and every
+rejection that still stands.
+"""
 
 import argparse
 import dataclasses
+import hashlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import apache_beam as beam
 
 from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
-from pipeline.fetch.http import FetchConfig
+from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.image import RESIZE_MODES, ImageConfig
+from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_retry_source
 from pipeline.fetch.stage import REJECTED, FetchImages
 from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
 from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig
 from pipeline.write_dataset import WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
-from schemas import fields
+from schemas import DatasetManifest, fields, reasons
+from schemas.manifest import MANIFEST_NAME
+
+# Image settings a retry takes from the dataset it retries unless given: new samples must match the old ones.
+_IMAGE_DEFAULTS = {"image_size": 256, "resize_mode": "keep_ratio", "min_side": 32}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--candidates", required=True, help="URL list or candidates file(s): path or glob")
+    parser.add_argument("--candidates", help="URL list or candidates file(s): path or glob")
+    parser.add_argument(
+        "--retry-failed",
+        metavar="DATASET",
+        help=f"fetch again only DATASET's transient failures ({', '.join(sorted(reasons.TRANSIENT))}) and write "
+        "a new version of it to --out",
+    )
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--format", default="auto", help="parquet, csv, tsv or jsonl (default: from the name)")
     parser.add_argument("--url-col", help="URL column (default: url/URL/...; a 0-based index without header)")
@@ -31,57 +49,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes per worker that decode and resize (default 0: in the fetching threads, which measured "
         "as fast on 2 cores; try the CPU count on bigger workers)",
     )
-    parser.add_argument("--samples-per-shard", type=int, default=10_000)
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="keep_ratio")
-    parser.add_argument("--min-image-side", type=int, default=32)
+    parser.add_argument("--samples-per-shard", type=int, help="default 10000 (a retry: as the dataset it retries)")
+    parser.add_argument("--image-size", type=int, help="default 256 (a retry: as the dataset it retries)")
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, help="default keep_ratio (a retry: as before)")
+    parser.add_argument("--min-image-side", type=int, help="default 32 (a retry: as the dataset it retries)")
     parser.add_argument("--tries", type=int, default=3, help="tries for 429/503 responses")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     add_politeness_arguments(parser)
 
 
-def configs(args: argparse.Namespace) -> tuple[UrlListConfig, FetchConfig, ImageConfig]:
-    return (
-        UrlListConfig(args.candidates, format=args.format, url_col=args.url_col, caption_col=args.caption_col),
-        fetch_config(args, tries=args.tries),
-        ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, min_side=args.min_image_side),
-    )
+def _image_config(args: argparse.Namespace, earlier: dict) -> ImageConfig:
+    given = {"image_size": args.image_size, "resize_mode": args.resize_mode, "min_side": args.min_image_side}
+    values = {k: v if v is not None else earlier.get(k, _IMAGE_DEFAULTS[k]) for k, v in given.items()}
+    return ImageConfig(**values)
+
+
+def _job_config(args: argparse.Namespace, retry: DatasetManifest | None) -> dict:
+    """The config written into the manifest: what produced this dataset, so it can be reproduced or compared."""
+    earlier = retry.config if retry else {}
+    fetch_cfg = fetch_config(args, tries=args.tries)
+    config = {
+        "job": "fetch",
+        "fetch": dataclasses.asdict(fetch_cfg) | {"disallowed_directives": sorted(fetch_cfg.disallowed_directives)},
+        "image": dataclasses.asdict(_image_config(args, earlier.get("image", {}))),
+        "threads": args.threads,
+        "samples_per_shard": args.samples_per_shard or earlier.get("samples_per_shard", 10_000),
+    }
+    if retry is None:
+        sources = UrlListConfig(args.candidates, args.format, url_col=args.url_col, caption_col=args.caption_col)
+        return config | {"sources": dataclasses.asdict(sources)}
+    source = Path(args.retry_failed).resolve()
+    manifest_sha = hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()
+    return config | {
+        "retry_of": {"dataset": str(source), "manifest_sha256": manifest_sha, "reasons": sorted(reasons.TRANSIENT)},
+        "sources": earlier.get("sources"),
+    }
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DatasetManifest | None:
+    if bool(args.candidates) == bool(args.retry_failed):
+        parser.error("give exactly one of --candidates and --retry-failed")
+    if not args.retry_failed:
+        return None
+    if Path(args.retry_failed).resolve() == Path(args.out).resolve():
+        parser.error("--out must be a new folder: a retry writes a new version and leaves DATASET as it is")
+    try:
+        return load_retry_source(args.retry_failed)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def run(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wit fetch", description=__doc__)
     add_arguments(parser)
     args, options = split_args(parser, argv)
-    list_cfg, fetch_cfg, image_cfg = configs(args)
-    # Written into the manifest: what produced this dataset, so it can be reproduced or compared.
-    config = {
-        "job": "fetch",
-        "sources": dataclasses.asdict(list_cfg),
-        "fetch": dataclasses.asdict(fetch_cfg) | {"disallowed_directives": sorted(fetch_cfg.disallowed_directives)},
-        "image": dataclasses.asdict(image_cfg),
-        "threads": args.threads,
-        "samples_per_shard": args.samples_per_shard,
-    }
+    retry = _check(parser, args)
+    config = _job_config(args, retry)
+    fetch_cfg, image_cfg = fetch_config(args, tries=args.tries), ImageConfig(**config["image"])
     fingerprint = run_fingerprint(config)
     done = completed_buckets(args.out, fingerprint) if Path(args.out).is_dir() else {}
     if done:
         print(f"resuming: {len(done)} buckets of an earlier run of this job are complete and kept")
+    carried = retry.shards if retry else ()
+    if retry:
+        carry_shards(args.retry_failed, args.out, carried)
     with beam.Pipeline(options=options) as p:
-        read = p | "Read" >> ReadUrlLists(list_cfg)
-        everything = (read.candidates, read[SOURCE_REJECTED]) | "AllCandidates" >> beam.Flatten()
-        buckets = (
-            everything
-            | "CountCandidates" >> beam.combiners.Count.Globally()
-            | "Buckets" >> beam.Map(buckets_for, args.samples_per_shard)
-        )
+        if retry:
+            read = p | "ReadFailed" >> ReadFailed(args.retry_failed, retry.rejected)
+            candidates, bad_rows = read[RETRY], read[CARRIED]
+        else:
+            read = p | "Read" >> ReadUrlLists(UrlListConfig(**config["sources"]))
+            candidates, bad_rows = read.candidates, read[SOURCE_REJECTED]
+        everything = (candidates, bad_rows) | "AllCandidates" >> beam.Flatten()
+        total = everything | "CountCandidates" >> beam.combiners.Count.Globally()
+        buckets = total | "Buckets" >> beam.Map(buckets_for, config["samples_per_shard"])
         n = beam.pvalue.AsSingleton(buckets)
-        todo = read.candidates | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
-        bad_rows = read[SOURCE_REJECTED] | "PendingBad" >> beam.Filter(
-            lambda r, n: is_pending(r[fields.KEY], n, done), n=n
-        )
+        todo = candidates | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
+        bad_rows = bad_rows | "PendingBad" >> beam.Filter(lambda r, n: is_pending(r[fields.KEY], n, done), n=n)
         fetched = todo | "Fetch" >> FetchImages(
-            fetch_cfg, image_cfg, threads=args.threads, image_workers=args.image_workers
+            fetch_cfg,
+            image_cfg,
+            threads=args.threads,
+            image_workers=args.image_workers,
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
         rejected = (bad_rows, fetched[REJECTED]) | "AllRejected" >> beam.Flatten()
         _ = {"samples": fetched.samples, "rejected": rejected} | "Write" >> WriteDataset(
-            args.out, config, buckets, done
+            args.out, config, buckets, done, carried
         )
+    print(format_host_summary(host_summary(args.out)))

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ def buckets_for(candidates: int, per_bucket: int) -> int:
     """Buckets sized by candidates, as img2dataset sizes shards by input rows: known before anything is fetched,
     so a rerun can tell which buckets are already done."""
     return max(1, math.ceil(candidates / per_bucket))
+
+
+def next_shard_index(shards: Iterable[ShardEntry]) -> int:
+    """Where a new version's own shards start numbering: after every carried shard, so names never collide."""
+    return max((int(s.name) for s in shards if s.name.isdigit()), default=-1) + 1
 
 
 def run_fingerprint(config: dict) -> str:
@@ -72,11 +78,16 @@ class BucketResult:
         )
 
 
-def write_bucket(root: str, index: int, buckets: int, fingerprint: str, samples, rejections) -> BucketResult:
-    """Write one bucket's shard and rejection part, then its marker last: a marker means the bucket is whole."""
+def write_bucket(
+    root: str, index: int, buckets: int, fingerprint: str, samples, rejections, first: int = 0
+) -> BucketResult:
+    """Write one bucket's shard and rejection part, then its marker last: a marker means the bucket is whole.
+
+    The shard and part are numbered `first + index`: a new version of a dataset numbers after the shards it carries.
+    """
     samples, rejections = list(samples), list(rejections)
-    shard = write_shard(root, index, samples) if samples else None
-    part = write_rejections(root, f"part-{index:05d}", rejections) if rejections else None
+    shard = write_shard(root, first + index, samples) if samples else None
+    part = write_rejections(root, f"part-{first + index:05d}", rejections) if rejections else None
     counts: dict = {}
     for (stage, reason), n in sorted(Counter((r[fields.STAGE], r[fields.REASON]) for r in rejections).items()):
         counts.setdefault(stage, {})[reason] = n
@@ -108,13 +119,13 @@ def is_pending(key: str, buckets: int, done: dict[int, BucketResult]) -> bool:
     return index not in done or done[index].buckets != buckets
 
 
-def _finalize(root: str, results: list[BucketResult], config: dict):
+def _finalize(root: str, results: list[BucketResult], config: dict, carried: tuple[ShardEntry, ...] = ()):
     counts: dict = {}
     for r in results:
         for stage, by_reason in r.counts.items():
             for reason, n in by_reason.items():
                 counts.setdefault(stage, {})[reason] = counts.get(stage, {}).get(reason, 0) + n
-    shards = [r.shard for r in results if r.shard]
+    shards = list(carried) + [r.shard for r in results if r.shard]
     parts = [r.rejected for r in results if r.rejected]
     Metrics.counter("shards", "shards").inc(len(shards))
     return finalize_dataset(root, shards, parts, counts, config)
@@ -129,16 +140,25 @@ class WriteDataset(beam.PTransform):
     what is missing and ends with the same bytes. The manifest is written once, after every bucket.
     """
 
-    def __init__(self, dataset_dir: str, config: dict, buckets: beam.PCollection, done: dict | None = None):
+    def __init__(
+        self,
+        dataset_dir: str,
+        config: dict,
+        buckets: beam.PCollection,
+        done: dict | None = None,
+        carried: tuple[ShardEntry, ...] = (),
+    ):
         super().__init__()
         self.dataset_dir = dataset_dir
         self.config = config
         self.buckets = buckets
         self.done = done or {}
+        self.carried = tuple(carried)  # shards already in place (a new version's earlier samples): listed, not written
+        self.first = next_shard_index(self.carried)
 
     # inputs: {"samples": PCollection, "rejected": PCollection}; returns a PCollection of the one DatasetManifest.
     def expand(self, inputs: Any) -> Any:
-        root, config, done = self.dataset_dir, self.config, self.done
+        root, config, done, first, carried = self.dataset_dir, self.config, self.done, self.first, self.carried
         fingerprint = run_fingerprint(config)
         n = beam.pvalue.AsSingleton(self.buckets)
         samples = inputs["samples"] | "SampleBucket" >> beam.Map(lambda s, n: (bucket(s[0][fields.KEY], n), s), n=n)
@@ -148,13 +168,14 @@ class WriteDataset(beam.PTransform):
             | "GroupBuckets" >> beam.CoGroupByKey()
             | "WriteBucket"
             >> beam.Map(
-                lambda kv, n: write_bucket(root, kv[0], n, fingerprint, kv[1]["samples"], kv[1]["rejected"]), n=n
+                lambda kv, n: write_bucket(root, kv[0], n, fingerprint, kv[1]["samples"], kv[1]["rejected"], first),
+                n=n,
             )
         )
 
         def finalize(_, new: list[BucketResult], buckets: int):
             reused = [r for r in done.values() if r.buckets == buckets and r.index not in {x.index for x in new}]
-            return _finalize(root, sorted(new + reused, key=lambda r: r.index), config)
+            return _finalize(root, sorted(new + reused, key=lambda r: r.index), config, carried)
 
         return (
             inputs["samples"].pipeline

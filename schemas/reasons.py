@@ -98,6 +98,9 @@ SEMANTIC_DUPLICATE = _reason("semantic_duplicate", SCORE, "embedding within the 
 
 REASONS: dict[str, Reason] = dict(_ALL)
 
+# Failures that say nothing about the image, only about the moment: `wit fetch --retry-failed` tries these again.
+TRANSIENT = frozenset({TIMEOUT, CONNECT_ERROR, DNS_ERROR, HTTP_5XX, RATE_LIMITED})
+
 
 def stage_of(code: str) -> str:
     """The stage a reason code belongs to; KeyError for an unknown code."""

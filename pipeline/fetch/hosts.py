@@ -1,0 +1,73 @@
+"""Fetch outcomes per host: what `wit fetch` prints at the end, so a blocked or failing site stands out."""
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow.parquet as pq
+
+from pipeline.shard_reader import load_manifest
+from schemas import fields
+
+
+@dataclass
+class HostOutcomes:
+    host: str
+    kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.reasons.values())
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.failed
+
+
+def host_of(url: str | None) -> str:
+    """host[:port] in lower case ("?" when the URL has none): ports count, as politeness limits count them."""
+    try:
+        netloc = urlsplit(url or "").netloc.rpartition("@")[2].lower()
+    except ValueError:
+        netloc = ""
+    return netloc or "?"
+
+
+def host_summary(dataset_dir: str | os.PathLike) -> list[HostOutcomes]:
+    """Kept samples and rejections per host of a finished dataset, most candidates first (reads two columns only)."""
+    root = Path(dataset_dir)
+    manifest = load_manifest(root)
+    hosts: dict[str, HostOutcomes] = {}
+
+    def get(url: str | None) -> HostOutcomes:
+        host = host_of(url)
+        return hosts.setdefault(host, HostOutcomes(host))
+
+    for shard in manifest.shards:
+        for url in pq.read_table(root / shard.parquet.path, columns=[fields.URL]).column(0).to_pylist():
+            get(url).kept += 1
+    for part in manifest.rejected:
+        table = pq.read_table(root / part.path, columns=[fields.URL, fields.REASON])
+        for url, reason in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+            get(url).reasons[reason] += 1
+    return sorted(hosts.values(), key=lambda h: (-h.total, h.host))
+
+
+def format_host_summary(outcomes: list[HostOutcomes], top: int = 15) -> str:
+    """A plain-text table: the `top` busiest hosts with success rate and their commonest failure reasons."""
+    if not outcomes:
+        return "no candidates"
+    lines = [f"{'host':<40} {'kept':>8} {'failed':>8} {'ok %':>6}  top failures"]
+    for h in outcomes[:top]:
+        worst = ", ".join(f"{reason} {n}" for reason, n in h.reasons.most_common(3))
+        lines.append(f"{h.host[:40]:<40} {h.kept:>8} {h.failed:>8} {100 * h.kept / h.total:>6.1f}  {worst}")
+    if len(outcomes) > top:
+        rest = outcomes[top:]
+        kept, failed = sum(h.kept for h in rest), sum(h.failed for h in rest)
+        lines.append(f"{f'({len(rest)} more hosts)':<40} {kept:>8} {failed:>8} {100 * kept / (kept + failed):>6.1f}")
+    kept, total = sum(h.kept for h in outcomes), sum(h.total for h in outcomes)
+    lines.append(f"{'all ' + str(len(outcomes)) + ' hosts':<40} {kept:>8} {total - kept:>8} {100 * kept / total:>6.1f}")
+    return "\n".join(lines)
