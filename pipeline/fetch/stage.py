@@ -38,17 +38,17 @@ class _FetchBatch(beam.DoFn):
     def setup(self) -> None:
         self.fetcher = Fetcher(self.fetch_cfg, pool_size=self.threads)
         self.pool = ThreadPoolExecutor(max_workers=self.threads)
-        self.process = process_image
+        self.process_fn = process_image
         self.procs = None
         if self.image_workers > 0:
             # Decoding and resizing hold the GIL for part of their time: in processes they no longer contend with
             # the fetching threads (+25% images/s on 2 cores). Spawned, not forked: this process runs gRPC threads.
             self.procs = ProcessPoolExecutor(self.image_workers, mp_context=multiprocessing.get_context("spawn"))
-            self.process = functools.partial(_in_pool, self.procs)
+            self.process_fn = functools.partial(_in_pool, self.procs)
         self.bar = _Progress() if self.progress else None
 
     def process(self, batch: list[dict]) -> Iterator:
-        futures = [self.pool.submit(fetch_or_reject, self.fetcher, c, self.image_cfg, self.process) for c in batch]
+        futures = [self.pool.submit(fetch_or_reject, self.fetcher, c, self.image_cfg, self.process_fn) for c in batch]
         # As they complete, not in order: Beam needs no order, and a slow host must not hold back the rest.
         for future in as_completed(futures):
             result = future.result()
