@@ -21,7 +21,7 @@ from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_
 from pipeline.fetch.stage import REJECTED, FetchImages
 from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
 from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig
-from pipeline.write_dataset import WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
+from pipeline.write_dataset import Carried, WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
 from schemas import DatasetManifest, fields, reasons
 from schemas.manifest import MANIFEST_NAME
 
@@ -110,9 +110,9 @@ def run(argv: Sequence[str] | None = None) -> None:
     done = completed_buckets(args.out, fingerprint) if Path(args.out).is_dir() else {}
     if done:
         print(f"resuming: {len(done)} buckets of an earlier run of this job are complete and kept")
-    carried = retry.shards if retry else ()
+    carried = Carried(shards=retry.shards) if retry else Carried()
     if retry:
-        carry_shards(args.retry_failed, args.out, carried)
+        carry_shards(args.retry_failed, args.out, carried.shards)
     with beam.Pipeline(options=options) as p:
         if retry:
             read = p | "ReadFailed" >> ReadFailed(args.retry_failed, retry.rejected)

@@ -229,6 +229,33 @@ def write_shard(dataset_dir: str | os.PathLike, index: int, samples: Iterable[tu
     return ShardEntry(name=name, rows=len(rows), tar=tar_entry, parquet=parquet_entry)
 
 
+def renumber_shards(dataset_dir: str | os.PathLike, shards: Iterable[ShardEntry], start: int = 0) -> list[ShardEntry]:
+    """Rename shards to consecutive numbers from `start`, in their current order (names, not bytes, change).
+
+    Done before the manifest is written, so no reader sees the old names. Ascending order never overwrites a shard
+    not yet moved: each new number is at most the old one.
+    """
+    root = Path(dataset_dir)
+    out = []
+    for number, shard in enumerate(sorted(shards, key=lambda s: s.name), start):
+        name = shard_name(number)
+        if name == shard.name:
+            out.append(shard)
+            continue
+        if int(name) > int(shard.name):
+            raise ValueError(f"renumbering would move shard {shard.name} up to {name}; give a smaller start")
+        entries = []
+        for entry in (shard.tar, shard.parquet):
+            rel = f"{SHARDS_DIR}/{name}{Path(entry.path).suffix}"
+            moved = not (root / entry.path).exists() and (root / rel).is_file()  # a retried finalize: already done
+            if not moved:
+                os.replace(root / entry.path, root / rel)
+            entries.append(FileEntry(path=rel, bytes=entry.bytes, sha256=entry.sha256))
+        out.append(ShardEntry(name=name, rows=shard.rows, tar=entries[0], parquet=entries[1]))
+    _fsync_dir(root / SHARDS_DIR)
+    return out
+
+
 def write_rejections(dataset_dir: str | os.PathLike, part: str, rows: Iterable[Mapping]) -> FileEntry:
     """Write `rejected/<part>.parquet` (REJECTION_SCHEMA) atomically, rows in a fixed order whatever their arrival."""
     validate_key(part)  # the part names a file, so it obeys the same safety rule as a key

@@ -5,7 +5,6 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.shards import finalize_dataset, write_file_atomic, write_rejections, write_shard
+from pipeline.shards import finalize_dataset, renumber_shards, write_file_atomic, write_rejections, write_shard
 from schemas import FileEntry, ShardEntry, fields
 from schemas.manifest import SHARDS_DIR
 
@@ -31,9 +30,23 @@ def buckets_for(candidates: int, per_bucket: int) -> int:
     return max(1, math.ceil(candidates / per_bucket))
 
 
-def next_shard_index(shards: Iterable[ShardEntry]) -> int:
-    """Where a new version's own shards start numbering: after every carried shard, so names never collide."""
-    return max((int(s.name) for s in shards if s.name.isdigit()), default=-1) + 1
+@dataclass(frozen=True)
+class Carried:
+    """What a new dataset takes over from earlier work as it is: listed in its manifest, never rewritten.
+
+    A retry carries the earlier version's shards; a build carries the rejection parts of its fetch phase, with their
+    funnel counts.
+    """
+
+    shards: tuple[ShardEntry, ...] = ()
+    rejected: tuple[FileEntry, ...] = ()
+    counts: dict = dataclasses.field(default_factory=dict)  # {stage: {reason: n}} of the carried rejections
+
+    def first_index(self) -> int:
+        """Where new shards and parts start numbering: after everything carried, so names never collide."""
+        numbers = [int(s.name) for s in self.shards if s.name.isdigit()]
+        numbers += [int(d) for f in self.rejected if (d := Path(f.path).stem.rpartition("-")[2]).isdigit()]
+        return max(numbers, default=-1) + 1
 
 
 def run_fingerprint(config: dict) -> str:
@@ -119,14 +132,17 @@ def is_pending(key: str, buckets: int, done: dict[int, BucketResult]) -> bool:
     return index not in done or done[index].buckets != buckets
 
 
-def _finalize(root: str, results: list[BucketResult], config: dict, carried: tuple[ShardEntry, ...] = ()):
+def _finalize(root: str, results: list[BucketResult], config: dict, carried: Carried, contiguous: bool):
     counts: dict = {}
-    for r in results:
-        for stage, by_reason in r.counts.items():
+    for by_stage in [carried.counts] + [r.counts for r in results]:
+        for stage, by_reason in by_stage.items():
             for reason, n in by_reason.items():
                 counts.setdefault(stage, {})[reason] = counts.get(stage, {}).get(reason, 0) + n
-    shards = list(carried) + [r.shard for r in results if r.shard]
-    parts = [r.rejected for r in results if r.rejected]
+    new = [r.shard for r in results if r.shard]
+    if contiguous:
+        new = renumber_shards(root, new, start=Carried(shards=carried.shards).first_index())
+    shards = list(carried.shards) + new
+    parts = list(carried.rejected) + [r.rejected for r in results if r.rejected]
     Metrics.counter("shards", "shards").inc(len(shards))
     return finalize_dataset(root, shards, parts, counts, config)
 
@@ -146,19 +162,24 @@ class WriteDataset(beam.PTransform):
         config: dict,
         buckets: beam.PCollection,
         done: dict | None = None,
-        carried: tuple[ShardEntry, ...] = (),
+        carried: Carried | None = None,
+        contiguous: bool = False,
     ):
         super().__init__()
         self.dataset_dir = dataset_dir
         self.config = config
         self.buckets = buckets
         self.done = done or {}
-        self.carried = tuple(carried)  # shards already in place (a new version's earlier samples): listed, not written
-        self.first = next_shard_index(self.carried)
+        self.carried = carried or Carried()
+        self.first = self.carried.first_index()
+        # Renumber the new shards 0, 1, ... at the end (buckets that kept nothing leave gaps); only for a dataset
+        # written in one go: bucket markers name shards by bucket, so a resumable write keeps bucket numbers.
+        self.contiguous = contiguous
 
     # inputs: {"samples": PCollection, "rejected": PCollection}; returns a PCollection of the one DatasetManifest.
     def expand(self, inputs: Any) -> Any:
         root, config, done, first, carried = self.dataset_dir, self.config, self.done, self.first, self.carried
+        contiguous = self.contiguous
         fingerprint = run_fingerprint(config)
         n = beam.pvalue.AsSingleton(self.buckets)
         samples = inputs["samples"] | "SampleBucket" >> beam.Map(lambda s, n: (bucket(s[0][fields.KEY], n), s), n=n)
@@ -175,7 +196,7 @@ class WriteDataset(beam.PTransform):
 
         def finalize(_, new: list[BucketResult], buckets: int):
             reused = [r for r in done.values() if r.buckets == buckets and r.index not in {x.index for x in new}]
-            return _finalize(root, sorted(new + reused, key=lambda r: r.index), config, carried)
+            return _finalize(root, sorted(new + reused, key=lambda r: r.index), config, carried, contiguous)
 
         return (
             inputs["samples"].pipeline

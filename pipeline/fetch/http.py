@@ -31,11 +31,12 @@ from pipeline.fetch.politeness import (
     x_robots_opt_out,
 )
 from pipeline.rejection import Rejected
-from schemas import CANDIDATE_SCHEMA, fields, reasons
+from schemas import CANDIDATE_SCHEMA, SAMPLE_SCHEMA, fields, reasons
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _ROBOTS_MAX_BYTES = 512 * 1024
 _RETRYABLE = (429, 503)
+_CANDIDATE = frozenset(CANDIDATE_SCHEMA.names)
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,8 @@ def sample_from_candidate(
         raise Rejected(reasons.INVALID_URL, "empty URL")
     fetched = fetch_image(fetcher, url)
     img = process(fetched.data, image_cfg)
-    row = {name: candidate.get(name) for name in CANDIDATE_SCHEMA.names}
+    # The candidate's fields, and what curation added to it (language, matched query entries) travel on.
+    row = {name: candidate.get(name) for name in SAMPLE_SCHEMA.names if name in candidate or name in _CANDIDATE}
     row.update(
         {
             fields.STATUS: fields.STATUS_SUCCESS,
