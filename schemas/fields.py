@@ -39,6 +39,11 @@ DEPTH = "depth"
 IMAGES = "images"
 LINKS = "links"
 
+# Query balancing: matched pairs per query-list entry, before and after balancing.
+ENTRY = "entry"
+COUNT_BEFORE = "count_before"
+COUNT_AFTER = "count_after"
+
 # Embeddings.
 EMBEDDING = "embedding"
 MODEL = "model"

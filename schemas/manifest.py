@@ -9,6 +9,7 @@ MANIFEST_NAME = "manifest.json"
 SIZES_NAME = "sizes.json"
 SHARDS_DIR = "shards"
 REJECTED_DIR = "rejected"
+BALANCE_COUNTS_NAME = "balance_counts.parquet"  # beside the manifest when a build balanced its queries
 FORMAT = "wit-builder-dataset"
 
 

@@ -76,6 +76,17 @@ PAGE_SCHEMA = pa.schema(
 )
 
 
+# The WIT/MetaCLIP entry-count curve of a build (balance_counts.parquet beside the manifest), for the stats report.
+BALANCE_COUNTS_SCHEMA = pa.schema(
+    [
+        pa.field(f.ENTRY, pa.string(), nullable=False),
+        pa.field(f.COUNT_BEFORE, pa.int64(), nullable=False),
+        pa.field(f.COUNT_AFTER, pa.int64(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     """One row per sample key: an L2-normalised embedding of fixed width, and the model that made it."""
     if dim <= 0:

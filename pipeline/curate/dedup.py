@@ -1,0 +1,334 @@
+"""Candidate deduplication before fetching: normalized URLs, (URL, caption) pairs, and URLs of earlier datasets."""
+
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import apache_beam as beam
+import idna
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from pipeline.rejection import rejection_row
+from pipeline.shard_reader import iter_shard, list_shards
+from schemas import ShardEntry, fields, reasons
+
+REJECTED = "rejected"
+MODES = ("url", "pair", "none")
+
+# Query parameters that only say who sent the visitor; no server picks an image by them. Names are compared
+# lowercased. Generic names (ref, source, si, spm) are left alone: on some sites they select content.
+TRACKING_PARAMS = frozenset(
+    "fbclid gclid gclsrc dclid gbraid wbraid msclkid mc_cid mc_eid igshid _ga _gl yclid ref_src twclid ttclid "
+    "li_fat_id srsltid mkt_tok _hsenc _hsmi __hstc __hssc __hsfp oly_anon_id oly_enc_id vero_id rb_clickid "
+    "irclickid wickedid _openstat".split()
+)
+TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "hsa_")  # Google Analytics, Matomo/Piwik, HubSpot ads campaigns
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+_UNSAFE = re.compile(r"[^\x21-\x7e]+")  # non-ASCII, space and controls: what a client percent-encodes anyway
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    by: str = "url"  # "url": one candidate per normalized URL; "pair": per (URL, caption); "none": keep all
+
+    def __post_init__(self) -> None:
+        if self.by not in MODES:
+            raise ValueError(f"dedup mode must be one of {list(MODES)}, got {self.by!r}")
+
+
+def _normalize_host(host: str) -> str:
+    if not host.isascii():
+        try:  # UTS 46 non-transitional, as browsers resolve it: straße.de stays apart from strasse.de
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            try:  # IDNA 2003 still maps names 2008 refuses (emoji domains), and browsers still resolve them
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError:
+                pass
+    return host.lower().removesuffix(".")
+
+
+def _normalize_netloc(scheme: str, netloc: str) -> str:
+    """userinfo@host:port with host lowercased (punycode) and a default or empty port dropped; ValueError if bad."""
+    userinfo, at, hostport = netloc.rpartition("@")
+    if hostport.startswith("["):  # IPv6 literal: its colons are not a port separator
+        end = hostport.find("]")
+        host, rest = hostport[: end + 1].lower(), hostport[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad IPv6 host in {netloc!r}")
+        port = rest[1:]
+    else:
+        host, _, port = hostport.partition(":")
+        host = _normalize_host(host)
+    if port:
+        if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            raise ValueError(f"bad port in {netloc!r}")
+        port = str(int(port))  # "080" is port 80
+    if not host:
+        raise ValueError(f"no host in {netloc!r}")
+    port = "" if port == _DEFAULT_PORTS.get(scheme) else port
+    return f"{userinfo}{at}{host}{':' if port else ''}{port}"
+
+
+def _encode(part: str) -> str:
+    """Percent-encode what a client would, and upper-case escapes: RFC 3986 (6.2.2.1) makes %2f and %2F one."""
+    part = _UNSAFE.sub(lambda m: quote(m.group(), safe=""), part)
+    return _ESCAPE.sub(lambda m: m.group().upper(), part)
+
+
+def _is_tracking(param: str) -> bool:
+    name = param.partition("=")[0].lower()
+    return name in TRACKING_PARAMS or name.startswith(TRACKING_PREFIXES)
+
+
+def normalize_url(url: str) -> str:
+    """The form of an absolute URL that its equivalent spellings share, for comparing; not for fetching.
+
+    Lowercases scheme and host (IDNA to punycode, trailing dot dropped), drops a default port, the fragment,
+    tracking parameters (TRACKING_PARAMS, TRACKING_PREFIXES) and empty ones, and turns an empty path into "/".
+    The remaining parameters keep their order: sorting would merge URLs that some servers tell apart, and a
+    merge loses an image for good while a missed one costs a fetch that image dedup (sha256) then catches.
+    Anything unparsable, relative or without a host is returned unchanged: other stages reject it.
+    """
+    if not isinstance(url, str):
+        return url
+    try:
+        parts = urlsplit(url.strip())
+        if not parts.scheme or not parts.netloc:
+            return url
+        netloc = _normalize_netloc(parts.scheme, parts.netloc)
+        path = _encode(parts.path) or "/"
+        query = "&".join(_encode(p) for p in parts.query.split("&") if p and not _is_tracking(p))
+    except ValueError:  # UnicodeError (lone surrogates) included
+        return url
+    return f"{parts.scheme}://{netloc}{path}{'?' if query else ''}{query}"
+
+
+def caption_key(caption: str | None) -> str:
+    """The caption as pair dedup compares it: casefolded, whitespace runs collapsed to one space."""
+    return " ".join((caption or "").casefold().split())
+
+
+def url_key(candidate: dict) -> str | None:
+    """The candidate's normalized URL, or None when it has none to compare."""
+    url = candidate.get(fields.URL)
+    return normalize_url(url) if isinstance(url, str) and url.strip() else None
+
+
+def dedup_key(candidate: dict, by: str) -> tuple:
+    """The group a candidate is deduplicated in: (url,) or (url, caption); (None, key) when it has no URL.
+
+    A candidate without a URL is in a group of its own: the source stage rejects those, not this one.
+    """
+    url = url_key(candidate)
+    if url is None or by == "none":
+        return (None, str(candidate.get(fields.KEY)))
+    return (url, caption_key(candidate.get(fields.CAPTION))) if by == "pair" else (url,)
+
+
+def _dump(candidate: dict) -> str:
+    return json.dumps(candidate, sort_keys=True, default=str)
+
+
+def _precedes(a: dict, b: dict) -> bool:
+    """Whether `a` survives over `b`: the smaller key; equal keys (a broken contract) by their whole row."""
+    ka, kb = str(a.get(fields.KEY)), str(b.get(fields.KEY))
+    return ka < kb if ka != kb else _dump(a) < _dump(b)
+
+
+def _same_row(a: dict, b: dict) -> bool:
+    return a is b or (a.get(fields.KEY) == b.get(fields.KEY) and _dump(a) == _dump(b))
+
+
+def judge_group(group: Iterable[dict], reason: str) -> Iterator[tuple[dict, dict | None]]:
+    """Each candidate of one duplicate group, in order, with None for the survivor or else its rejection row.
+
+    Two passes holding one candidate: a GroupByKey result may be re-iterated, but may not fit in memory. The
+    second pass may yield new objects, so the survivor is found again by its row (as JSON, where NaN == NaN).
+    """
+    survivor = None
+    for candidate in group:
+        if survivor is None or _precedes(candidate, survivor):
+            survivor = candidate
+    if survivor is None:
+        return
+    detail, kept = f"duplicate of {survivor.get(fields.KEY)}", False
+    for candidate in group:
+        if not kept and _same_row(candidate, survivor):
+            kept = True
+            yield candidate, None
+        else:
+            yield candidate, rejection_row(candidate, reason, detail)
+
+
+def _judge(group_key: tuple, group: Iterable[dict], by: str) -> Iterator[tuple[dict, dict | None]]:
+    if group_key[0] is None:
+        return ((candidate, None) for candidate in group)
+    return judge_group(group, reasons.DUPLICATE_PAIR if by == "pair" else reasons.DUPLICATE_URL)
+
+
+def dedup_pure(candidates: Iterable[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict]]:
+    """Single-process DedupCandidates, for reference and benchmarks: (kept in input order, rejection rows)."""
+    candidates = list(candidates)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, candidate in enumerate(candidates):
+        groups[dedup_key(candidate, cfg.by)].append(i)
+    verdicts: list[dict | None] = [None] * len(candidates)
+    for group_key, indices in groups.items():
+        judged = _judge(group_key, [candidates[i] for i in indices], cfg.by)
+        for i, (_, row) in zip(indices, judged, strict=True):
+            verdicts[i] = row
+    kept = [c for c, row in zip(candidates, verdicts, strict=True) if row is None]
+    return kept, [row for row in verdicts if row is not None]
+
+
+def _route(verdicts: Iterable[tuple[dict, dict | None]], kept_counter: str) -> Iterator:
+    # One namespace, the stage's, for both transforms: rejection counts then read as the stage's funnel.
+    for candidate, row in verdicts:
+        if row is None:
+            Metrics.counter(reasons.DEDUP, kept_counter).inc()
+            yield candidate
+        else:
+            Metrics.counter(reasons.DEDUP, row[fields.REASON]).inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, row)
+
+
+class _PickSurvivors(beam.DoFn):
+    def __init__(self, by: str):
+        self.by = by
+
+    def process(self, element: tuple[tuple, Iterable[dict]]) -> Iterator:
+        group_key, group = element
+        yield from _route(_judge(group_key, group, self.by), "kept")
+
+
+class DedupCandidates(beam.PTransform):
+    """Candidates -> `kept` (one per normalized URL or pair, the smallest key) and `rejected` rows."""
+
+    def __init__(self, cfg: DedupConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
+    def expand(self, candidates: beam.PCollection) -> Any:
+        pick = beam.ParDo(_PickSurvivors(self.cfg.by)).with_outputs(REJECTED, main="kept")
+        if self.cfg.by == "none":  # no shuffle: every candidate is a group of one
+            return candidates | "Single" >> beam.Map(lambda c: ((None, ""), [c])) | "Pick" >> pick
+        return (
+            candidates
+            | "Key" >> beam.Map(lambda c, by: (dedup_key(c, by), c), self.cfg.by)
+            | "Group" >> beam.GroupByKey()
+            | "Pick" >> pick
+        )
+
+
+def shard_urls(dataset: str | os.PathLike, shard: ShardEntry) -> Iterator[str]:
+    """Normalized URLs of a shard's samples, from its Parquet (img2dataset's failed rows skipped) or .json members."""
+    root = Path(dataset)
+    parquet, tar = root / shard.parquet.path, root / shard.tar.path
+    if parquet.is_file():
+        names = pq.read_schema(parquet).names
+        if fields.URL not in names:
+            raise ValueError(f"{parquet}: no {fields.URL} column, so its samples cannot be excluded")
+        table = pq.read_table(parquet, columns=[n for n in (fields.URL, fields.STATUS) if n in names])
+        urls = table.column(fields.URL).to_pylist()
+        status = table.column(fields.STATUS).to_pylist() if fields.STATUS in names else [None] * len(urls)
+        rows = zip(urls, status, strict=True)
+    elif tar.is_file():
+        rows = ((s.row.get(fields.URL), s.row.get(fields.STATUS)) for s in iter_shard(tar))
+    else:  # an exclusion that quietly excludes nothing would let old samples back in
+        raise FileNotFoundError(f"{dataset}: neither {shard.parquet.path} nor {shard.tar.path} is there")
+    for url, status in rows:
+        if url and status in (None, fields.STATUS_SUCCESS):
+            yield normalize_url(url)
+
+
+def dataset_urls(path: str | os.PathLike) -> Iterator[str]:
+    """Normalized URLs of every sample in a dataset (ours through its manifest, or img2dataset output)."""
+    for shard in list_shards(path):
+        yield from shard_urls(path, shard)
+
+
+def judge_seen(candidates: Iterable[dict], datasets: Iterable[str]) -> Iterator[tuple[dict, dict | None]]:
+    """Candidates sharing one normalized URL, each with None or a SEEN_BEFORE row naming the first such dataset."""
+    first = min(datasets, default=None)
+    for candidate in candidates:
+        yield candidate, None if first is None else rejection_row(candidate, reasons.SEEN_BEFORE, f"in {first}")
+
+
+def exclude_seen_pure(candidates: Iterable[dict], datasets: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """Single-process ExcludeSeen: (kept in input order, rejection rows); holds every earlier URL in memory."""
+    seen: dict[str, str] = {}
+    for dataset in map(str, datasets):
+        for url in dataset_urls(dataset):
+            if url not in seen or dataset < seen[url]:  # the smallest name, as judge_seen picks it
+                seen[url] = dataset
+    kept, rejected = [], []
+    for candidate in candidates:
+        url = url_key(candidate)
+        [(_, row)] = judge_seen([candidate], [seen[url]] if url in seen else [])
+        if row is None:
+            kept.append(candidate)
+        else:
+            rejected.append(row)
+    return kept, rejected
+
+
+def _dataset_shards(dataset: str) -> list[tuple[str, ShardEntry]]:
+    return [(dataset, shard) for shard in list_shards(dataset)]
+
+
+def _keyed_shard_urls(job: tuple[str, ShardEntry]) -> Iterator[tuple[str, str]]:
+    dataset, shard = job
+    return ((url, dataset) for url in shard_urls(dataset, shard))
+
+
+class ReadSeenUrls(beam.PTransform):
+    """PBegin -> (normalized URL, dataset) for every sample of the datasets, read one shard per task."""
+
+    def __init__(self, datasets: Sequence[str | os.PathLike]):
+        super().__init__()
+        self.datasets = tuple(str(d) for d in datasets)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
+        return (
+            pbegin
+            | "Datasets" >> beam.Create(self.datasets)
+            | "Shards" >> beam.FlatMap(_dataset_shards)
+            | "Spread" >> beam.Reshuffle()  # a dataset's shards are read in parallel, not by one worker
+            | "Urls" >> beam.FlatMap(_keyed_shard_urls)
+        )
+
+
+class _JudgeSeen(beam.DoFn):
+    def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator:
+        _, joined = element
+        yield from _route(judge_seen(joined["candidates"], joined["seen"]), "unseen")
+
+
+class ExcludeSeen(beam.PTransform):
+    """Candidates -> `kept` and `rejected` (SEEN_BEFORE): those whose normalized URL an earlier dataset holds.
+
+    A join on the normalized URL (CoGroupByKey), not a side input, so earlier datasets need not fit in memory.
+    """
+
+    def __init__(self, datasets: Sequence[str | os.PathLike]):
+        super().__init__()
+        self.datasets = tuple(str(d) for d in datasets)
+        for dataset in self.datasets:  # fail now, not after the pipeline has run for an hour
+            list_shards(dataset)
+
+    def expand(self, candidates: beam.PCollection) -> Any:
+        seen = candidates.pipeline | "ReadSeen" >> ReadSeenUrls(self.datasets)
+        # Candidates without a URL share the key "", which no earlier sample has: they pass.
+        keyed = candidates | "KeyByUrl" >> beam.Map(lambda c: (url_key(c) or "", c))
+        joined = {"candidates": keyed, "seen": seen} | "Join" >> beam.CoGroupByKey()
+        return joined | "Judge" >> beam.ParDo(_JudgeSeen()).with_outputs(REJECTED, main="kept")
