@@ -29,18 +29,15 @@ from schemas.manifest import MANIFEST_NAME
 _IMAGE_DEFAULTS = {"image_size": 256, "resize_mode": "keep_ratio", "min_side": 32}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", help="URL list or candidates file(s): path or glob")
-    parser.add_argument(
-        "--retry-failed",
-        metavar="DATASET",
-        help=f"fetch again only DATASET's transient failures ({', '.join(sorted(reasons.TRANSIENT))}) and write "
-        "a new version of it to --out",
-    )
-    parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--format", default="auto", help="parquet, csv, tsv or jsonl (default: from the name)")
     parser.add_argument("--url-col", help="URL column (default: url/URL/...; a 0-based index without header)")
     parser.add_argument("--caption-col", help="caption column (default: caption/TEXT/...)")
+
+
+def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to fetch and what to make of the images: shared by `wit fetch` and `wit build`."""
     parser.add_argument("--threads", type=int, default=64, help="requests in flight per worker")
     parser.add_argument(
         "--image-workers",
@@ -56,6 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tries", type=int, default=3, help="tries for 429/503 responses")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     add_politeness_arguments(parser)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--retry-failed",
+        metavar="DATASET",
+        help=f"fetch again only DATASET's transient failures ({', '.join(sorted(reasons.TRANSIENT))}) and write "
+        "a new version of it to --out",
+    )
+    parser.add_argument("--out", required=True, help="dataset folder to write")
+    add_fetch_arguments(parser)
 
 
 def _image_config(args: argparse.Namespace, earlier: dict) -> ImageConfig:

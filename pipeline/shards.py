@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tarfile
 import uuid
 from collections import defaultdict
@@ -254,6 +255,30 @@ def renumber_shards(dataset_dir: str | os.PathLike, shards: Iterable[ShardEntry]
         out.append(ShardEntry(name=name, rows=shard.rows, tar=entries[0], parquet=entries[1]))
     _fsync_dir(root / SHARDS_DIR)
     return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".link" + TMP_SUFFIX)
+    tmp.unlink(missing_ok=True)
+    try:
+        # A hard link costs nothing, and is safe: our writers replace files by rename, never rewrite them in place.
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def carry_files(old_root: str | os.PathLike, new_root: str | os.PathLike, entries: Iterable[FileEntry]) -> None:
+    """Put files of one dataset into another at the same relative paths (hard links where possible), after checking
+    each is the size its manifest records. Rerunnable: a file already carried is linked again, which changes nothing.
+    """
+    old, new = Path(old_root), Path(new_root)
+    for entry in entries:
+        src = old / entry.path
+        if not src.is_file() or src.stat().st_size != entry.bytes:
+            raise ValueError(f"{src}: missing or not the size its manifest records; verify the dataset first")
+        _link_or_copy(src, new / entry.path)
 
 
 def write_rejections(dataset_dir: str | os.PathLike, part: str, rows: Iterable[Mapping]) -> FileEntry:

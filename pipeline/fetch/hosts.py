@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pyarrow.parquet as pq
 
 from pipeline.shard_reader import load_manifest
-from schemas import fields
+from schemas import fields, reasons
 
 
 @dataclass
@@ -36,8 +36,11 @@ def host_of(url: str | None) -> str:
     return netloc or "?"
 
 
-def host_summary(dataset_dir: str | os.PathLike) -> list[HostOutcomes]:
-    """Kept samples and rejections per host of a finished dataset, most candidates first (reads two columns only)."""
+def host_summary(
+    dataset_dir: str | os.PathLike, stages: tuple[str, ...] = (reasons.FETCH, reasons.IMAGE)
+) -> list[HostOutcomes]:
+    """Kept samples and the rejections of `stages` (by default what fetching met) per host of a finished dataset,
+    most candidates first. Reads three columns only."""
     root = Path(dataset_dir)
     manifest = load_manifest(root)
     hosts: dict[str, HostOutcomes] = {}
@@ -50,9 +53,10 @@ def host_summary(dataset_dir: str | os.PathLike) -> list[HostOutcomes]:
         for url in pq.read_table(root / shard.parquet.path, columns=[fields.URL]).column(0).to_pylist():
             get(url).kept += 1
     for part in manifest.rejected:
-        table = pq.read_table(root / part.path, columns=[fields.URL, fields.REASON])
-        for url, reason in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
-            get(url).reasons[reason] += 1
+        table = pq.read_table(root / part.path, columns=[fields.URL, fields.STAGE, fields.REASON])
+        for url, stage, reason in zip(*(c.to_pylist() for c in table.columns), strict=True):
+            if stage in stages:
+                get(url).reasons[reason] += 1
     return sorted(hosts.values(), key=lambda h: (-h.total, h.host))
 
 

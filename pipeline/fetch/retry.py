@@ -1,7 +1,6 @@
 """Retrying only what failed: an earlier dataset's transient rejections become candidates again, the rest carries."""
 
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.shard_reader import load_manifest
+from pipeline.shards import carry_files
 from schemas import DatasetManifest, FileEntry, ShardEntry, fields, reasons
 from schemas.manifest import MANIFEST_NAME
 
@@ -28,30 +28,9 @@ def candidate_from_rejection(row: dict) -> dict:
     return {name: row.get(name) for name in _CANDIDATE_FIELDS}
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        # A hard link costs nothing, and is safe: our writers replace files by rename, never rewrite them in place.
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def carry_shards(old_root: str | os.PathLike, new_root: str | os.PathLike, shards: Iterable[ShardEntry]) -> None:
-    """Put the earlier dataset's shards into the new one (hard links where possible), checking their recorded sizes.
-
-    Rerunnable: a shard already carried is linked again, which changes nothing.
-    """
-    old, new = Path(old_root), Path(new_root)
-    for shard in shards:
-        for entry in (shard.tar, shard.parquet):
-            src = old / entry.path
-            if not src.is_file() or src.stat().st_size != entry.bytes:
-                raise ValueError(f"{src}: missing or not the size its manifest records; verify the dataset first")
-            _link_or_copy(src, new / entry.path)
+    """Put the earlier dataset's shards into the new one (hard links where possible), checking their recorded sizes."""
+    carry_files(old_root, new_root, [entry for shard in shards for entry in (shard.tar, shard.parquet)])
 
 
 def load_retry_source(path: str | os.PathLike) -> DatasetManifest:
