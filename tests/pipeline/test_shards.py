@@ -23,7 +23,9 @@ from pipeline.shards import (
     TAR_MTIME,
     TMP_SUFFIX,
     DatasetWriter,
+    carry_files,
     finalize_dataset,
+    renumber_shards,
     write_rejections,
     write_shard,
 )
@@ -308,3 +310,27 @@ def test_a_write_killed_midway_leaves_no_partial_file_and_a_rerun_completes(tmp_
     assert sorted(p.name for p in (out / SHARDS_DIR).iterdir()) == sorted([*listed, SIZES_NAME])  # no temp, no stray
     assert manifest.rows == BIG_SHARDS * BIG_PER_SHARD
     assert verify_dataset(out) == []
+
+
+def test_renumber_makes_shard_numbers_contiguous_and_carry_links_files(tmp_path):
+    records = _records(9)
+    shards = [write_shard(tmp_path / "a", i, records[j : j + 3]) for i, j in ((2, 0), (5, 3), (9, 6))]
+    renamed = renumber_shards(tmp_path / "a", shards)
+    assert [s.name for s in renamed] == ["00000", "00001", "00002"]
+    assert [(s.rows, s.tar.sha256) for s in renamed] == [(s.rows, s.tar.sha256) for s in shards]
+    assert sorted(p.name for p in (tmp_path / "a" / SHARDS_DIR).iterdir()) == [
+        f"0000{i}.{ext}" for i in range(3) for ext in ("parquet", "tar")
+    ]
+    assert renumber_shards(tmp_path / "a", renamed) == renamed  # already contiguous: nothing moves
+    with pytest.raises(ValueError, match="move shard"):
+        renumber_shards(tmp_path / "a", renamed, start=1)  # would overwrite a shard not yet moved
+
+    part = write_rejections(tmp_path / "a", "part-00000", [_rejection("r1")])
+    manifest = finalize_dataset(tmp_path / "a", renamed, [part], {}, {})
+    carry_files(tmp_path / "a", tmp_path / "b", manifest.files())
+    finalize_dataset(tmp_path / "b", renamed, [part], {}, {})
+    assert verify_dataset(tmp_path / "b") == []
+    assert [s.key for s in read_dataset(tmp_path / "b")] == [r[fields.KEY] for r, _ in records]
+    (tmp_path / "a" / part.path).write_bytes(b"changed")
+    with pytest.raises(ValueError, match="not the size"):
+        carry_files(tmp_path / "a", tmp_path / "c", [part])
