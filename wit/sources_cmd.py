@@ -1,4 +1,4 @@
-"""`wit crawl`, `wit extract`, `wit fetch`: candidates from crawls or WARC/WAT files, and images fetched.
+"""`wit crawl`, `wit extract`, `wit fetch`, `wit build`: candidates from crawls or WARC/WAT, images fetched, curated.
 
 Both are Beam jobs: the job's own parser reads the arguments (and `--help`), and Beam reads the rest. The jobs
 are imported only when run, so `wit --help` does not pay for importing Beam.
@@ -11,6 +11,10 @@ _JOBS = {
     "crawl": ("beam_jobs.crawl", "crawl HTML pages from seed URLs into candidates (--seeds FILE --out DIR)"),
     "extract": ("beam_jobs.extract", "candidates from Common Crawl WARC/WAT files (--input GLOB --out DIR)"),
     "fetch": ("beam_jobs.fetch", "fetch candidates' images into a dataset (--candidates PATH --out DATASET)"),
+    "build": (
+        "beam_jobs.build",
+        "curate, balance, fetch and deduplicate candidates into a dataset (--candidates PATH --out DATASET)",
+    ),
 }
 
 

@@ -14,9 +14,11 @@ from pipeline.rejection import rejection_row
 from schemas import fields, reasons
 
 REJECTED = "rejected"
+UNDETERMINED = "und"  # BCP 47's code for a language the model could not tell
 _WS = re.compile(r"\s+")
 _FILE_NAME = re.compile(r"^[\w\-.()\[\] ]+\.(jpe?g|png|gif|webp|bmp|tiff?|svg|heic|avif)$", re.IGNORECASE)
 _CAMERA_NAME = re.compile(r"^(img|dsc|dscn|dscf|dcim|pic|gopr|mvi|pxl|sam|wp|screenshot)[_\- ]?\d[\w\-]*$", re.I)
+_SCREENSHOT = re.compile(r"^screen ?shot\b.*\d", re.IGNORECASE)  # "Screenshot 2021-03-16 at 10.16.13"
 _URL = re.compile(r"^(https?://|www\.)\S+$", re.IGNORECASE)
 _NO_LETTERS = re.compile(r"^[\W\d_]+$")
 # Alt text that names the element rather than describing the picture.
@@ -36,7 +38,9 @@ class TextConfig:
     max_words: int = 200
     reject_title_only: bool = False  # a caption that only repeats the page title says little about the image
     languages: tuple[str, ...] = ("en",)  # empty keeps every language
-    min_lang_score: float = 0.3
+    # A caption is rejected for its language only when the model is this sure it is another one: on short captions
+    # the lite fastText model gives English low scores (or Finnish, Slovene...), so low confidence keeps the caption.
+    min_lang_score: float = 0.5
     lang_min_words: int = 3  # shorter captions are judged by the rules alone: language guesses on them are noise
     lang_model: str = "fasttext"  # or "langdetect"
 
@@ -58,7 +62,7 @@ def normalize_caption(text: str | None) -> str:
 
 def is_boilerplate(caption: str) -> bool:
     """File names, camera names, bare URLs, numbers, and stock words like "image" or "logo"."""
-    if _FILE_NAME.match(caption) or _CAMERA_NAME.match(caption) or _URL.match(caption) or _NO_LETTERS.match(caption):
+    if any(p.match(caption) for p in (_FILE_NAME, _CAMERA_NAME, _SCREENSHOT, _URL, _NO_LETTERS)):
         return True
     words = re.sub(r"[\W\d_]+", " ", caption.lower()).strip()
     return words in _STOCK
@@ -133,7 +137,9 @@ def judge_language(caption: str, cfg: TextConfig, lang_id: LangId) -> tuple[str 
     if len(caption.split()) < cfg.lang_min_words:
         return None, None, None
     lang, score = lang_id.detect(caption)
-    if cfg.languages and (lang not in cfg.languages or score < cfg.min_lang_score):
+    if score < cfg.min_lang_score:
+        return UNDETERMINED, score, None  # not a guess worth recording, nor a reason to reject
+    if cfg.languages and lang not in cfg.languages:
         return lang, score, reasons.LANGUAGE
     return lang, score, None
 
@@ -162,7 +168,8 @@ class _Curate(beam.DoFn):
             yield out
         else:
             Metrics.counter("text", reason).inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(out, reason))
+            detail = f"{out[fields.LANG]} {out[fields.LANG_SCORE]:.2f}" if reason == reasons.LANGUAGE else ""
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(out, reason, detail))
 
 
 class CurateText(beam.PTransform):

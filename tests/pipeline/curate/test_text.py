@@ -38,6 +38,7 @@ def test_normalize(raw, clean):
     "text",
     [
         "IMG_0042.JPG",
+        "Screenshot 2021-03-16 at 10.16.13",
         "DSC01234",
         "dsc_0001.jpeg",
         "photo (3).png",
@@ -100,6 +101,19 @@ def test_curate_short_captions_are_not_guessed():
         {fields.KEY: "k", fields.CAPTION: "une photo du grand cercle rouge"}, TextConfig(languages=()), lid
     )
     assert reason is None and out[fields.LANG] == "fr" and out[fields.LANG_SCORE] > 0.3
+
+
+def test_a_language_is_rejected_only_when_the_model_is_sure():
+    """The lite model gives short English captions low scores, often under another language's name: kept."""
+    lid = FastTextLangId()
+    for caption in ("A polka-dot yellow star", "Green cross icon, polka-dot", "Solid red circle clipart"):
+        lang, score = lid.detect(caption)
+        assert score < TextConfig().min_lang_score, (caption, lang, score)  # the premise: the model is unsure
+        out, reason = curate({fields.KEY: "k", fields.CAPTION: caption}, TextConfig(), lid)
+        assert reason is None and out[fields.LANG] == "und" and out[fields.LANG_SCORE] == pytest.approx(score)
+    assert curate({fields.KEY: "k", fields.CAPTION: "Foto de una estrella naranja"}, TextConfig(), lid)[1] == (
+        reasons.LANGUAGE
+    )
 
 
 def test_real_captions_funnel(laion_sample):

@@ -1,0 +1,195 @@
+"""`wit build`: candidates -> text curation -> candidate dedup -> query balancing -> fetch -> image dedup -> dataset.
+
+Two Beam pipelines, so that the expensive part resumes and the global part stays exact:
+1. fetch phase: everything up to the fetch, written bucket by bucket (resumable, as `wit fetch`) to a staging
+   dataset under OUT/.build/;
+2. dedup phase: exact and near-duplicate images, earlier datasets, evaluation images and the blocklist judged over
+   every fetched image at once, then the survivors resharded into OUT with contiguous shard numbers.
+Rejections of every stage land in OUT/rejected/ with stage and reason; kept + rejected = candidates, exactly.
+"""
+
+import argparse
+import math
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+
+from beam_jobs.build_config import BuildConfig, given, resolve
+from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
+from beam_jobs.options import split_args
+from pipeline.curate.balance import BalanceQueries, write_balance_counts
+from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
+from pipeline.curate.image_dedup import DedupImages
+from pipeline.curate.image_refs import reference_sets
+from pipeline.curate.text import CurateText
+from pipeline.fetch.hosts import format_host_summary, host_summary
+from pipeline.fetch.stage import FetchImages
+from pipeline.shard_reader import iter_shard, load_manifest
+from pipeline.shards import carry_files
+from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
+from pipeline.sources.url_lists import ReadUrlLists
+from pipeline.write_dataset import Carried, WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
+from schemas import DatasetManifest, fields
+from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
+
+REJECTED = "rejected"
+WORK_DIR = ".build"  # staging inside OUT: hidden, and removed once the dataset is complete
+# What image dedup reads of each fetched sample: its hashes, and what a rejection row carries.
+_DEDUP_COLUMNS = [fields.KEY, fields.URL, fields.CAPTION, fields.PAGE_URL, fields.SOURCE, fields.SOURCE_ROW,
+                  fields.SHA256, fields.PHASH]  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("--out", required=True, help="dataset folder to write")
+    parser.add_argument("--config", type=Path, help="YAML/JSON file, one section per stage; flags override it")
+    add_fetch_arguments(parser)
+    curation = parser.add_argument_group("curation")
+    curation.add_argument("--languages", help="comma-separated language codes to keep (default en; '' keeps all)")
+    curation.add_argument("--lang-model", choices=("fasttext", "langdetect"))
+    curation.add_argument("--min-words", type=int)
+    curation.add_argument("--dedup", choices=("url", "pair", "none"), help="candidate dedup key (default url)")
+    curation.add_argument("--t", type=int, help="WIT balancing: pairs kept per query entry (default 20000)")
+    curation.add_argument("--metadata", type=Path, help="query list: one entry per line, or MetaCLIP metadata.json")
+    curation.add_argument("--no-balance", action="store_true", help="skip query matching and balancing")
+    curation.add_argument("--near-k", type=int, help="near-duplicate Hamming distance on the 64-bit pHash (4)")
+    curation.add_argument("--exclude-from", nargs="+", metavar="DATASET", help="earlier datasets not to repeat")
+    curation.add_argument("--decontaminate", metavar="EVAL_DIR", help="drop near-copies of these evaluation images")
+    curation.add_argument("--blocklist", metavar="FILE", help="sha256 / pHash values never to write")
+
+
+def _curate(candidates: beam.PCollection, cfg: BuildConfig) -> tuple:
+    """Text rules and language, earlier datasets, candidate dedup, query balancing: what is left, the rejections,
+    and the balancing outputs (None when balancing is off)."""
+    rejected = []
+    text = candidates | "Text" >> CurateText(cfg.text)
+    kept = text.kept
+    rejected.append(text[REJECTED])
+    if cfg.run.exclude_from:
+        seen = kept | "ExcludeSeen" >> ExcludeSeen(cfg.run.exclude_from)
+        kept = seen.kept
+        rejected.append(seen[REJECTED])
+    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup)
+    kept = dedup.kept
+    rejected.append(dedup[REJECTED])
+    if cfg.run.balance:
+        balanced = kept | "Balance" >> BalanceQueries(cfg.balance)
+        kept = balanced.kept
+        rejected.append(balanced[REJECTED])
+        return kept, rejected, balanced
+    return kept, rejected, None
+
+
+def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options, progress: bool) -> None:
+    """Pipeline 1: sources to a staging dataset of fetched samples and every rejection so far (resumable)."""
+    fingerprint = run_fingerprint(config)
+    done = completed_buckets(str(stage), fingerprint) if stage.is_dir() else {}
+    if done:
+        print(f"resuming: {len(done)} fetch buckets of an earlier run are complete and kept")
+    with beam.Pipeline(options=options) as p:
+        read = p | "Read" >> ReadUrlLists(cfg.sources)
+        everything = (read.candidates, read[SOURCE_REJECTED]) | "AllCandidates" >> beam.Flatten()
+        buckets = (
+            everything
+            | "CountCandidates" >> beam.combiners.Count.Globally()
+            | "Buckets" >> beam.Map(buckets_for, cfg.run.samples_per_shard)
+        )
+        n = beam.pvalue.AsSingleton(buckets)
+        kept, rejected, balanced = _curate(read.candidates, cfg)
+        if balanced is not None:
+            _ = (
+                p
+                | "OnceCounts" >> beam.Create([None])
+                | "WriteCounts"
+                >> beam.Map(
+                    lambda _, before, after: write_balance_counts(out, before, after),
+                    beam.pvalue.AsDict(balanced.counts_before),
+                    beam.pvalue.AsDict(balanced.counts_after),
+                )
+            )
+        # Curation reruns whole (it is cheap and its counts are global); only the fetch skips finished buckets.
+        todo = kept | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
+        fetched = todo | "Fetch" >> FetchImages(
+            cfg.fetch, cfg.image, threads=cfg.run.threads, image_workers=cfg.run.image_workers, progress=progress
+        )
+        all_rejected = [read[SOURCE_REJECTED], *rejected, fetched[REJECTED]] | "AllRejected" >> beam.Flatten()
+        pending_rejected = all_rejected | "PendingRejected" >> beam.Filter(
+            lambda r, n: is_pending(r[fields.KEY], n, done), n=n
+        )
+        _ = {"samples": fetched.samples, "rejected": pending_rejected} | "Write" >> WriteDataset(
+            str(stage), config, buckets, done
+        )
+
+
+def _dedup_rows(path: str) -> Iterator[dict]:
+    yield from pq.read_table(path, columns=_DEDUP_COLUMNS).to_pylist()
+
+
+def _samples(shard: tuple[str, str]) -> Iterator[tuple[str, tuple[dict, bytes]]]:
+    for sample in iter_shard(*shard):
+        yield sample.key, (sample.row, sample.image)
+
+
+def _survivor(joined: tuple[str, dict]) -> Iterator[tuple[dict, bytes]]:
+    _, groups = joined
+    for verdict in groups["kept"]:  # at most one: the kept row, with its duplicate-group id
+        for row, image in groups["samples"]:
+            yield row | {fields.DUP_GROUP: verdict.get(fields.DUP_GROUP)}, image
+
+
+def dedup_phase(cfg: BuildConfig, config: dict, out: Path, staged: DatasetManifest, stage: Path, options) -> None:
+    """Pipeline 2: image dedup over every fetched sample, survivors resharded into OUT beside all rejections."""
+    for folder in (SHARDS_DIR, REJECTED_DIR):  # regenerated whole: nothing stale from an interrupted run remains
+        shutil.rmtree(out / folder, ignore_errors=True)
+    carry_files(stage, out, staged.rejected)
+    carried = Carried(rejected=staged.rejected, counts={k: v for k, v in staged.counts.items()})
+    references = reference_sets(
+        exclude_from=cfg.run.exclude_from,
+        decontaminate=[cfg.run.decontaminate] if cfg.run.decontaminate else [],
+        blocklist=[cfg.run.blocklist] if cfg.run.blocklist else [],
+    )
+    shards = [(str(stage / s.tar.path), str(stage / s.parquet.path)) for s in staged.shards]
+    with beam.Pipeline(options=options) as p:
+        rows = p | "Shards" >> beam.Create([pq for _, pq in shards]) | "ReadRows" >> beam.FlatMap(_dedup_rows)
+        judged = rows | "DedupImages" >> DedupImages(cfg.image_dedup, references)
+        kept = judged.kept | "KeyKept" >> beam.Map(lambda r: (r[fields.KEY], r))
+        samples = p | "ShardFiles" >> beam.Create(shards) | "ReadSamples" >> beam.FlatMap(_samples)
+        survivors = (
+            {"kept": kept, "samples": samples} | "Join" >> beam.CoGroupByKey() | "Survivors" >> beam.FlatMap(_survivor)
+        )
+        buckets = (
+            judged.kept
+            | "CountKept" >> beam.combiners.Count.Globally()
+            | "Buckets" >> beam.Map(lambda k: max(1, math.ceil(k / cfg.run.samples_per_shard)))
+        )
+        _ = {"samples": survivors, "rejected": judged[REJECTED]} | "Write" >> WriteDataset(
+            str(out), config, buckets, carried=carried, contiguous=True
+        )
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="wit build", description=__doc__, allow_abbrev=False)
+    add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, options = split_args(parser, argv)
+    if not args.candidates:
+        parser.error("--candidates is required")
+    try:
+        cfg = resolve(args, given(parser, argv))
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    config = {"job": "build", **cfg.to_dict()}
+    out, stage = Path(args.out), Path(args.out) / WORK_DIR / "fetched"
+    if (out / MANIFEST_NAME).is_file() and run_fingerprint(load_manifest(out).config) == run_fingerprint(config):
+        print(f"{out}: already built with this configuration")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress and sys.stderr.isatty()
+    fetch_phase(cfg, config | {"phase": "fetch"}, out, stage, options, progress)
+    dedup_phase(cfg, config, out, load_manifest(stage), stage, options)
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # the rejections live on as hard links (or copies) in OUT
+    print(format_host_summary(host_summary(out)))

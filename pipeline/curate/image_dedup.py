@@ -1,0 +1,303 @@
+"""Image dedup after fetch: reference sets first, then exact (sha256) and near (phash) duplicates, on rows only.
+
+Each sample gets exactly one outcome, by precedence (image_refs.PRECEDENCE): blocklisted > eval_contamination >
+seen_before > duplicate_image > near_duplicate_image > kept.
+
+1. Reference sets: a sample whose sha256 equals a reference's, or whose phash is within k bits of one, is removed
+   with the set's reason before any deduplication, so it can neither survive a group nor link two others.
+   References are joined on sha256 and on phash bands (CoGroupByKey), never broadcast as a side input.
+2. Exact duplicates: per sha256 the smallest key survives; the others are rejected with its key as detail.
+3. Near duplicates: the exact survivors' phashes are banded (pipeline.curate.lsh) into verified pairs within k bits,
+   and the pairs plus the exact (survivor, duplicate) links form a graph whose connected components
+   (pipeline.curate.components) are the groups. Grouping is transitive: A~B and B~C group A with C even when A and C
+   are more than k bits apart. The smallest key of a group survives with dup_group set to its own key; the others
+   are rejected as near duplicates of it (exact duplicates keep duplicate_image, detail their byte-identical
+   survivor). The `groups` output lists (group, member key) for every group of two or more.
+
+Only rows travel (key, sha256, phash in the shuffles, the full row in the final join by key): the caller joins the
+image bytes back to the `kept` rows by key.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from pipeline.curate.components import ConnectedComponents, UnionFind
+from pipeline.curate.image_refs import PRECEDENCE, ReferenceSet
+from pipeline.curate.lsh import NearMatches, NearPairs, as_hashes, band_masks, cross_pairs, self_pairs
+from pipeline.rejection import rejection_row
+from schemas import fields, reasons
+
+REJECTED = "rejected"
+GROUPS = "groups"
+_PRIVATE_KEEP = (fields.KEY, fields.STAGE, fields.REASON, fields.DETAIL)
+
+# (key, sha256, phash): all the shuffles carry. Spelled as a bare tuple on purpose: a typed int field would make
+# Beam pick VarIntCoder (signed 64-bit), which cannot hold a uint64 phash.
+Slim = tuple
+Hit = tuple[int, str]  # (rank in PRECEDENCE, detail): min() picks the outcome that wins
+
+
+@dataclass(frozen=True)
+class ImageDedupConfig:
+    k: int = 4  # phash bits two near duplicates may differ in
+    exact: bool = True
+    near: bool = True
+    rounds: int = 10  # large-star/small-star rounds: enough for a chain of ~1000 images in the worst key order
+    bucket_bits: int = 8  # 2**bucket_bits shuffle groups per band; raise with the corpus so a group fits a worker
+    fallback_cap: int = 1_000_000  # edges one worker may finish if the rounds did not converge; beyond, fail
+    partitions: int = 16  # shuffle groups of the component rounds; raise so edges / partitions fit a worker
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.k <= 15:
+            raise ValueError(f"k must be between 0 and 15 bits, got {self.k}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if not 0 <= self.bucket_bits <= 24:
+            raise ValueError(f"bucket_bits must be between 0 and 24, got {self.bucket_bits}")
+        if self.fallback_cap < 0:
+            raise ValueError(f"fallback_cap must not be negative, got {self.fallback_cap}")
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {self.partitions}")
+
+
+def slim(row: dict) -> Slim:
+    return row[fields.KEY], row.get(fields.SHA256), row.get(fields.PHASH)
+
+
+def decide(row: dict, hit: Hit | None, duplicate_of: str | None, group: str | None) -> tuple[str, dict]:
+    """The one outcome of a sample: ("kept", row with dup_group set if it survives a group) or (REJECTED, row)."""
+    key = row[fields.KEY]
+    if hit is not None:
+        rank, detail = hit
+        rejected = rejection_row(row, PRECEDENCE[rank], detail)
+        if PRECEDENCE[rank] == reasons.BLOCKLISTED:  # such material is never written anywhere, not even its URL
+            rejected = {name: v if name in _PRIVATE_KEEP else None for name, v in rejected.items()}
+        return REJECTED, rejected
+    if duplicate_of is not None:
+        return REJECTED, rejection_row(row, reasons.DUPLICATE_IMAGE, duplicate_of)
+    if group is not None and group != key:
+        return REJECTED, rejection_row(row, reasons.NEAR_DUPLICATE_IMAGE, group)
+    if group is not None:
+        row = dict(row)
+        row[fields.DUP_GROUP] = group
+    return "kept", row
+
+
+def split_exact(members: Iterable[Slim]) -> tuple[Slim, list[str]]:
+    """(survivor, duplicate keys) of samples sharing a sha256: the smallest key survives."""
+    first, *rest = sorted(members)
+    return first, [m[0] for m in rest]
+
+
+def reference_hits_pure(slims: Sequence[Slim], k: int, references: Sequence[ReferenceSet]) -> dict[str, Hit]:
+    """{key: winning hit} for samples matching a reference set exactly (sha256) or within k bits (phash)."""
+    by_sha: dict[str, Hit] = {}
+    by_phash: dict[int, Hit] = {}
+    for ref in references:
+        for h in ref.hashes():
+            hit = (ref.rank, h.detail)
+            if h.sha256 is not None:
+                by_sha[h.sha256] = min(hit, by_sha.get(h.sha256, hit))
+            if h.phash is not None:
+                by_phash[h.phash] = min(hit, by_phash.get(h.phash, hit))
+    hits = {s[0]: by_sha[s[1]] for s in slims if s[1] in by_sha}
+    hashed = [s for s in slims if s[2] is not None]
+    if by_phash and hashed:
+        refs = sorted(by_phash)
+        uniq, inv = np.unique(as_hashes(s[2] for s in hashed), return_inverse=True)
+        best: dict[int, Hit] = {}
+        for i, j in zip(*(a.tolist() for a in cross_pairs(uniq, as_hashes(refs), k, band_masks(k))), strict=True):
+            best[i] = min(by_phash[refs[j]], best.get(i, by_phash[refs[j]]))
+        for s, u in zip(hashed, inv.tolist(), strict=True):
+            if u in best:
+                hits[s[0]] = min(best[u], hits.get(s[0], best[u]))
+    return hits
+
+
+def near_links_pure(slims: Sequence[Slim], k: int, uf: UnionFind) -> None:
+    """Union samples with identical phashes, and representatives of phashes within k bits."""
+    hashed = sorted(s for s in slims if s[2] is not None)
+    uniq, first, inv = np.unique(as_hashes(s[2] for s in hashed), return_index=True, return_inverse=True)
+    for s, u in zip(hashed, inv.tolist(), strict=True):
+        if s[0] != hashed[first[u]][0]:
+            uf.union(s[0], hashed[first[u]][0])
+    for i, j in zip(*(a.tolist() for a in self_pairs(uniq, k, band_masks(k))), strict=True):
+        uf.union(hashed[first[i]][0], hashed[first[j]][0])
+
+
+class DedupResult(NamedTuple):
+    kept: list[dict]
+    rejected: list[dict]
+    groups: list[tuple[str, str]]
+
+
+def dedup_images_pure(
+    rows: Iterable[dict], cfg: ImageDedupConfig = ImageDedupConfig(), references: Sequence[ReferenceSet] = ()
+) -> DedupResult:
+    """The whole stage in one process (union-find): the reference DedupImages is tested against."""
+    rows = list(rows)
+    slims = [slim(r) for r in rows]
+    hits = reference_hits_pure(slims, cfg.k, references)
+    rest = [s for s in slims if s[0] not in hits]
+    uf, duplicate_of = UnionFind(), {}
+    if cfg.exact:
+        by_sha = defaultdict(list)
+        for s in rest:
+            by_sha[s[1]].append(s)
+        survivors = by_sha.pop(None, [])
+        for members in by_sha.values():
+            first, dups = split_exact(members)
+            survivors.append(first)
+            for key in dups:
+                duplicate_of[key] = first[0]
+                uf.union(first[0], key)
+        rest = survivors
+    if cfg.near:
+        near_links_pure(rest, cfg.k, uf)
+    labels = uf.labels()
+    result = DedupResult([], [], [])
+    for row in rows:
+        key = row[fields.KEY]
+        tag, out = decide(row, hits.get(key), duplicate_of.get(key), labels.get(key))
+        (result.kept if tag == "kept" else result.rejected).append(out)
+        if key in labels:
+            result.groups.append((labels[key], key))
+    return result
+
+
+def _read_unit(unit: tuple[int, str], references: Sequence[ReferenceSet]) -> Iterator[tuple[Hit, Any]]:
+    ref = references[unit[0]]
+    for h in ref.read(unit[1]):
+        yield (ref.rank, h.detail), h
+
+
+def _exact_hits(element: tuple) -> Iterator[tuple[str, Hit]]:
+    _, groups = element
+    if groups["keys"] and groups["refs"]:
+        best = min(groups["refs"])
+        for key in groups["keys"]:
+            yield key, best
+
+
+def _unmatched(element: tuple) -> Iterator[Slim]:
+    _, groups = element
+    if not groups["hit"]:
+        yield from groups["slim"]
+
+
+class _SplitExact(beam.DoFn):
+    """(sha256, samples) -> the survivor (main) and (key, survivor key) per duplicate (tagged "duplicates")."""
+
+    def process(self, element: tuple) -> Iterator:
+        first, dups = split_exact(element[1])
+        yield first
+        for key in dups:
+            yield beam.pvalue.TaggedOutput("duplicates", (key, first[0]))
+
+
+class _Decide(beam.DoFn):
+    def process(self, element: tuple) -> Iterator:
+        key, g = element
+        hit = min(g["hit"]) if g.get("hit") else None
+        duplicate_of = g["duplicate"][0] if g.get("duplicate") else None
+        group = g["group"][0] if g.get("group") else None
+        for row in g["row"]:
+            tag, out = decide(row, hit, duplicate_of, group)
+            Metrics.counter("image_dedup", "kept" if tag == "kept" else out[fields.REASON]).inc()
+            if tag == "kept" and group is not None:
+                Metrics.counter("image_dedup", "groups").inc()
+            yield out if tag == "kept" else beam.pvalue.TaggedOutput(REJECTED, out)
+            if group is not None:
+                yield beam.pvalue.TaggedOutput(GROUPS, (group, key))
+
+
+def _by_key(s: Slim) -> tuple[str, Slim]:
+    return s[0], s
+
+
+class DedupImages(beam.PTransform):
+    """Sample rows -> `kept` rows (dup_group set on group survivors), `rejected` (REJECTION_SCHEMA rows) and
+    `groups` ((group key, member key) for every member of a group of two or more, survivor included)."""
+
+    def __init__(self, cfg: ImageDedupConfig = ImageDedupConfig(), references: Sequence[ReferenceSet] = ()):
+        super().__init__()
+        self.cfg = cfg
+        self.references = tuple(references)
+
+    def _reference_hits(self, pipeline: beam.Pipeline, slims: beam.PCollection) -> beam.PCollection:
+        units = [(i, unit) for i, ref in enumerate(self.references) for unit in ref.units()]
+        refs = (
+            pipeline
+            | "RefUnits" >> beam.Create(units)
+            | "SpreadRefs" >> beam.Reshuffle()
+            | "ReadRefs" >> beam.FlatMap(_read_unit, self.references)
+        )
+        exact = {
+            "keys": slims | "SampleSha" >> beam.FlatMap(lambda s: [(s[1], s[0])] if s[1] else []),
+            "refs": refs | "RefSha" >> beam.FlatMap(lambda r: [(r[1].sha256, r[0])] if r[1].sha256 else []),
+        } | "JoinSha" >> beam.CoGroupByKey()
+        ref_phashes = (
+            refs
+            | "RefPhash" >> beam.FlatMap(lambda r: [(r[1].phash, r[0])] if r[1].phash is not None else [])
+            | "OnePerPhash" >> beam.CombinePerKey(min)
+            | "PayloadFirst" >> beam.KvSwap()
+        )
+        queries = slims | "SamplePhash" >> beam.FlatMap(lambda s: [(s[0], s[2])] if s[2] is not None else [])
+        near = (queries, ref_phashes) | "MatchRefs" >> NearMatches(self.cfg.k, self.cfg.bucket_bits)
+        return (
+            (exact | "ExactHits" >> beam.FlatMap(_exact_hits), near)
+            | "AllHits" >> beam.Flatten()
+            | "WinningHit" >> beam.CombinePerKey(min)
+        )
+
+    def _groups(self, slims: beam.PCollection) -> tuple[beam.PCollection | None, beam.PCollection | None]:
+        """(duplicates: (key, survivor key), groups: (key, group key)) of the samples left after references."""
+        cfg, edges, duplicates = self.cfg, [], None
+        if cfg.exact:
+            split = (
+                slims
+                | "BySha" >> beam.FlatMap(lambda s: [(s[1], s)] if s[1] else [])
+                | "GroupSha" >> beam.GroupByKey()
+                | "SplitExact" >> beam.ParDo(_SplitExact()).with_outputs("duplicates", main="survivors")
+            )
+            # Without a sha256 there is nothing to compare bytes by: such a sample survives this step as it is.
+            unhashed = slims | "NoSha" >> beam.Filter(lambda s: not s[1])
+            slims = (split.survivors, unhashed) | "Survivors" >> beam.Flatten()
+            duplicates = split.duplicates
+            edges.append(duplicates | "ExactEdges" >> beam.KvSwap())
+        if cfg.near:
+            nodes = slims | "Phashes" >> beam.FlatMap(lambda s: [(s[0], s[2])] if s[2] is not None else [])
+            edges.append(nodes | "NearPairs" >> NearPairs(cfg.k, cfg.bucket_bits))
+        if not edges:
+            return duplicates, None
+        return duplicates, (
+            tuple(edges) | "Edges" >> beam.Flatten() | ConnectedComponents(cfg.rounds, cfg.fallback_cap, cfg.partitions)
+        )
+
+    # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
+    def expand(self, rows: beam.PCollection) -> Any:
+        slims = rows | "Slim" >> beam.Map(slim)
+        joined = {"row": rows | "RowByKey" >> beam.Map(lambda r: (r[fields.KEY], r))}
+        if self.references:
+            joined["hit"] = hits = self._reference_hits(rows.pipeline, slims)
+            slims = (
+                {"slim": slims | "SlimByKey" >> beam.Map(_by_key), "hit": hits}
+                | "JoinHits" >> beam.CoGroupByKey()
+                | "DropMatched" >> beam.FlatMap(_unmatched)
+            )
+        duplicates, groups = self._groups(slims)
+        if duplicates is not None:
+            joined["duplicate"] = duplicates
+        if groups is not None:
+            joined["group"] = groups
+        return (
+            joined
+            | "JoinOutcomes" >> beam.CoGroupByKey()
+            | "Decide" >> beam.ParDo(_Decide()).with_outputs(REJECTED, GROUPS, main="kept")
+        )

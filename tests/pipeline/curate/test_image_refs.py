@@ -1,0 +1,101 @@
+"""Reference sets: blocklist parsing, eval-folder and earlier-dataset hashes, eager validation."""
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.curate.image_refs import (
+    ReferenceSet,
+    RefHash,
+    dataset_hashes,
+    eval_hashes,
+    load_blocklist,
+    reference_sets,
+)
+from pipeline.fetch.image import phash
+from pipeline.shards import DatasetWriter
+from schemas import fields, reasons
+
+SHA = "ab" * 32
+BIG_PHASH = 0xF0E1_D2C3_B4A5_9687  # above 2**63: must survive Parquet's uint64 and Python ints intact
+
+
+def _image_bytes(seed: int, fmt: str) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_blocklist_reads_sha256_and_phash_lines_with_comments(tmp_path):
+    path = tmp_path / "block.txt"
+    path.write_text(f"# known bad material\n\n{SHA.upper()}\n  f0e1d2c3b4a59687  # a phash\n")
+    assert load_blocklist(path) == [
+        RefHash(SHA, None, f"sha256:{SHA}"),
+        RefHash(None, BIG_PHASH, "phash:f0e1d2c3b4a59687"),
+    ]
+
+
+@pytest.mark.parametrize("bad", ["abc", "zz" * 32, SHA + "00", "0x" + "f" * 16, "f" * 16 + " extra"])
+def test_a_malformed_blocklist_line_is_an_error_naming_it(tmp_path, bad):
+    path = tmp_path / "block.txt"
+    path.write_text(f"# header\n{SHA}\n\n{bad}\n")
+    with pytest.raises(ValueError, match=r"block\.txt:4: expected a 64-hex sha256 or a 16-hex phash"):
+        load_blocklist(path)
+    with pytest.raises(ValueError, match=r"block\.txt:4:"):
+        ReferenceSet(reasons.BLOCKLISTED, str(path))  # checked when made, before any pipeline runs
+
+
+def test_reference_sets_are_validated_when_made(tmp_path):
+    with pytest.raises(ValueError, match="reason"):
+        ReferenceSet(reasons.DUPLICATE_IMAGE, str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        ReferenceSet(reasons.SEEN_BEFORE, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no .* images"):
+        ReferenceSet(reasons.EVAL_CONTAMINATION, str(tmp_path))
+
+
+def test_eval_hashes_cover_every_image_under_the_folder(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    files = {"x.png": _image_bytes(0, "PNG"), "a/y.JPG": _image_bytes(1, "JPEG"), "a/b/z.webp": _image_bytes(2, "WEBP")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "labels.parquet").write_bytes(b"not an image")
+    got = {h.detail: h for h in eval_hashes(tmp_path)}
+    assert set(got) == set(files)
+    for name, data in files.items():
+        assert got[name].sha256 == hashlib.sha256(data).hexdigest()
+        assert got[name].phash == phash(Image.open(io.BytesIO(data)).convert("RGB"))
+    ref = ReferenceSet(reasons.EVAL_CONTAMINATION, str(tmp_path))
+    assert len(ref.units()) == 3 and sorted(ref.hashes()) == sorted(got.values())
+
+
+def test_an_unreadable_eval_image_is_an_error_not_a_hole(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ValueError, match="broken.png: not a readable image"):
+        eval_hashes(tmp_path)
+
+
+def test_dataset_hashes_read_the_shard_parquets_of_an_earlier_dataset(tmp_path):
+    path = tmp_path / "earlier"
+    with DatasetWriter(path, samples_per_shard=2) as writer:
+        for i in range(3):
+            row = {fields.KEY: f"old{i}", fields.URL: f"http://old.test/{i}.png", fields.IMAGE_FORMAT: "png"}
+            row |= {fields.SHA256: f"{i:064x}", fields.PHASH: BIG_PHASH - i}
+            writer.add(row, _image_bytes(i, "PNG"))
+    expected = [RefHash(f"{i:064x}", BIG_PHASH - i, f"earlier/old{i}") for i in range(3)]
+    assert sorted(dataset_hashes(path)) == expected
+    ref = ReferenceSet(reasons.SEEN_BEFORE, str(path))
+    assert len(ref.units()) == 2 and sorted(ref.hashes()) == expected
+
+
+def test_reference_sets_from_the_command_line_options(tmp_path):
+    block = tmp_path / "block.txt"
+    block.write_text(f"{SHA}\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "0.png").write_bytes(_image_bytes(0, "PNG"))
+    refs = reference_sets(exclude_from=[], decontaminate=[str(tmp_path / "eval")], blocklist=[str(block)])
+    assert [(r.reason, r.rank) for r in refs] == [(reasons.BLOCKLISTED, 0), (reasons.EVAL_CONTAMINATION, 1)]
