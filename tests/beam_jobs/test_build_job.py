@@ -138,3 +138,37 @@ def test_a_rerun_of_a_finished_build_does_nothing(built, candidates, web_dir, ca
     build.run(_build_args(candidates, built, web_dir))
     assert "already built" in capsys.readouterr().out
     assert _digests(built) == before
+
+
+def test_a_killed_build_rerun_gives_the_same_dataset(built, candidates, web_dir, served_web, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    served_web.reset()
+    out = tmp_path / "killed"
+    code = "import sys; from beam_jobs import build; build.run(sys.argv[1:])"
+    args = _build_args(candidates, out, web_dir)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL)
+    markers = out / build.WORK_DIR / "fetched" / "shards"
+    deadline = time.monotonic() + 120
+    while not list(markers.glob(".bucket-*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    served_web.reset()
+    build.run(args)
+    assert verify_dataset(out) == []
+    assert _digests(out) == _digests(built)
+
+
+def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, served_web, tmp_path):
+    served_web.reset()
+    out = tmp_path / "portable"
+    build.run(
+        _build_args(candidates, out, web_dir)
+        + ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+    )
+    assert _digests(out) == _digests(built)

@@ -1,0 +1,48 @@
+"""The build job's configuration: defaults, then a YAML/JSON file, then the flags typed; errors name the setting."""
+
+import argparse
+import json
+
+import pytest
+
+from beam_jobs.build import add_arguments
+from beam_jobs.build_config import given, read_config_file, resolve
+
+
+def _resolve(argv: list[str]):
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return resolve(args, given(parser, argv))
+
+
+def test_defaults_then_file_then_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "text:\n  min_words: 3\n  languages: [en, de]\ndedup:\n  by: pair\nrun:\n  samples_per_shard: 8\n"
+        "fetch:\n  max_per_host: 4\n  disallowed_directives: [noai]\nbalance:\n  t: 50\n"
+    )
+    base = ["--candidates", "c.parquet", "--out", "o", "--config", str(tmp_path / "c.yaml")]
+    cfg = _resolve(base)
+    assert cfg.text.min_words == 3 and cfg.text.languages == ("en", "de") and cfg.dedup.by == "pair"
+    assert cfg.run.samples_per_shard == 8 and cfg.fetch.max_per_host == 4 and cfg.balance.t == 50
+    assert cfg.fetch.disallowed_directives == frozenset({"noai"})
+    assert cfg.image.image_size == 256 and cfg.run.threads == 64  # untouched sections keep their defaults
+    cfg = _resolve(base + ["--samples-per-shard", "16", "--languages", "fr", "--max-per-host", "2", "--no-balance"])
+    assert cfg.run.samples_per_shard == 16 and cfg.text.languages == ("fr",) and cfg.fetch.max_per_host == 2
+    assert cfg.run.balance is False and cfg.text.min_words == 3  # the file still fills what no flag named
+    cfg = _resolve(base + ["--allow-private", "127.0.0.1", "--exclude-from", "a", "b", "--near-k", "6"])
+    assert cfg.fetch.private_allowlist == ("127.0.0.1",) and not cfg.fetch.allow_private
+    assert cfg.run.exclude_from == ("a", "b") and cfg.image_dedup.k == 6
+    assert json.loads(json.dumps(cfg.to_dict()))["fetch"]["disallowed_directives"] == ["noai"]
+
+
+def test_config_errors_name_what_is_wrong(tmp_path):
+    (tmp_path / "bad.yaml").write_text("texts:\n  min_words: 3\n")
+    with pytest.raises(ValueError, match="unknown section"):
+        read_config_file(tmp_path / "bad.yaml")
+    (tmp_path / "bad2.json").write_text(json.dumps({"text": {"min_wrds": 3}}))
+    with pytest.raises(ValueError, match="min_wrds"):
+        _resolve(["--candidates", "c", "--out", "o", "--config", str(tmp_path / "bad2.json")])
+    (tmp_path / "bad3.json").write_text(json.dumps({"dedup": {"by": "everything"}}))
+    with pytest.raises(ValueError, match="dedup"):
+        _resolve(["--candidates", "c", "--out", "o", "--config", str(tmp_path / "bad3.json")])
