@@ -10,10 +10,10 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="synthetic web -> Beam crawl -> Beam fetch -> verified dataset",
+        help="synthetic web -> Beam crawl -> Beam build (curate, balance, fetch, dedup) -> verified dataset",
         description="Runs what exists today end to end, offline: a synthetic web served on loopback is crawled and "
-        "its images fetched into a dataset by the Beam jobs, which is then verified. Curation, balancing, training "
-        "and evaluation join the demo as they land.",
+        "its candidates curated, balanced, fetched and deduplicated into a dataset by the Beam jobs, which is then "
+        "verified. Training, evaluation and the stats report join the demo as they land.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (replaced)")
     p.add_argument("--seed", type=int, default=0)
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from beam_jobs import crawl, fetch
+    from beam_jobs import build, crawl
     from pipeline.shard_reader import list_shards, verify_dataset
     from pipeline.synthweb import WebConfig, generate_web, serve_web
 
@@ -44,9 +44,12 @@ def run(args: argparse.Namespace) -> int:
             ["--seeds", str(served.seeds_path), "--depth", str(args.depth), "--out", str(crawl_dir)]
             + ["--allow-private", "--threads", str(args.threads)]
         )
-        print(f"[3/4] wit fetch --candidates '{crawl_dir}/candidates-*.parquet' --out {dataset}")
-        fetch.run(
+        eval_dir = web_dir / "eval"
+        print(f"[3/4] wit build --candidates '{crawl_dir}/candidates-*.parquet' --out {dataset} \\")
+        print(f"          --decontaminate {eval_dir}")
+        build.run(
             ["--candidates", f"{crawl_dir}/candidates-*.parquet", "--out", str(dataset), "--allow-private"]
+            + ["--decontaminate", str(eval_dir)]
             + ["--threads", str(args.threads), "--samples-per-shard", str(args.samples_per_shard)]
         )
     problems = verify_dataset(dataset)
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     _print_funnel(manifest["counts"])
     print(f"done in {time.monotonic() - t0:.0f}s: {sum(s.rows for s in shards)} samples in {len(shards)} shards.")
     print(f"Look at it: wit shards ls {dataset}")
-    print("Not in the demo yet (open issues): curation and balancing, training, evaluation, the stats report.")
+    print("Not in the demo yet (open issues): training, evaluation, the stats report.")
     return 1 if problems or not shards else 0
 
 

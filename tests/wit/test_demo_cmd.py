@@ -1,4 +1,4 @@
-"""`wit demo`, which `make demo` runs: a synthetic web crawled and fetched by the Beam jobs into a verified dataset."""
+"""`wit demo`, which `make demo` runs: a synthetic web crawled and built by the Beam jobs into a verified dataset."""
 
 from pipeline.shard_reader import read_dataset, verify_dataset
 from schemas import DatasetManifest, reasons
@@ -17,3 +17,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     fetch_reasons = set(manifest.counts.get("fetch", {}))
     assert {reasons.ROBOTS_DISALLOWED, reasons.OPTOUT_HEADER, reasons.TOO_MANY_REDIRECTS} <= fetch_reasons
     assert reasons.TOO_MANY_PIXELS in manifest.counts.get("image", {})
+    assert {reasons.LANGUAGE, reasons.BOILERPLATE} <= set(manifest.counts.get("text", {}))
+    assert reasons.DUPLICATE_IMAGE in manifest.counts.get("dedup", {})
