@@ -1,6 +1,5 @@
 """`wit build` end to end on the synthetic web: the funnel against the ground truth, every candidate accounted for."""
 
-import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -11,14 +10,6 @@ from beam_jobs import build, crawl
 from pipeline.shard_reader import load_manifest, read_dataset, verify_dataset
 from schemas import fields, reasons
 from schemas.manifest import BALANCE_COUNTS_NAME
-
-
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file() and ".tmp" not in p.name
-    }
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +124,14 @@ def test_each_duplicate_group_keeps_exactly_one_picture(built, served_web):
     assert all(r[fields.MATCHED_ENTRIES] and r[fields.LANG] in ("en", "und", None) for r in kept_rows)
 
 
-def test_a_rerun_of_a_finished_build_does_nothing(built, candidates, web_dir, capsys):
-    before = _digests(built)
+def test_a_rerun_of_a_finished_build_does_nothing(built, candidates, web_dir, capsys, digests):
+    before = digests(built)
     build.run(_build_args(candidates, built, web_dir))
     assert "already built" in capsys.readouterr().out
-    assert _digests(built) == before
+    assert digests(built) == before
 
 
-def test_a_killed_build_rerun_gives_the_same_dataset(built, candidates, web_dir, served_web, tmp_path):
+def test_a_killed_build_rerun_gives_the_same_dataset(built, candidates, web_dir, served_web, tmp_path, digests):
     import signal
     import subprocess
     import sys
@@ -161,14 +152,14 @@ def test_a_killed_build_rerun_gives_the_same_dataset(built, candidates, web_dir,
     served_web.reset()
     build.run(args)
     assert verify_dataset(out) == []
-    assert _digests(out) == _digests(built)
+    assert digests(out) == digests(built)
 
 
-def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, served_web, tmp_path):
+def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, served_web, tmp_path, digests):
     served_web.reset()
     out = tmp_path / "portable"
     build.run(
         _build_args(candidates, out, web_dir)
         + ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
     )
-    assert _digests(out) == _digests(built)
+    assert digests(out) == digests(built)

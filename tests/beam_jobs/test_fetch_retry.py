@@ -1,11 +1,7 @@
 """`wit fetch --retry-failed`: only transient failures are fetched again, into a new version of the dataset."""
 
-import functools
-import hashlib
 import json
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import SimpleHTTPRequestHandler
 
 import numpy as np
 import pyarrow as pa
@@ -39,28 +35,17 @@ class _Flaky(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def flaky_site(tmp_path):
+def flaky_site(tmp_path, serve_folder):
     root = tmp_path / "site"
     root.mkdir()
     rng = np.random.default_rng(2)
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(root / f"{i}.jpg")
     _Flaky.broken, _Flaky.hits = True, {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Flaky, directory=str(root)))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return serve_folder(root, _Flaky)
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
-    }
-
-
-def test_retry_fetches_only_transient_failures_and_writes_a_new_version(tmp_path, flaky_site):
+def test_retry_fetches_only_transient_failures_and_writes_a_new_version(tmp_path, flaky_site, digests):
     urls = [f"{flaky_site}/{i}.jpg" for i in range(12)] + [f"{flaky_site}/gone.jpg"]
     pq.write_table(pa.table({"url": urls, "caption": [f"picture {i}" for i in range(13)]}), tmp_path / "l.parquet")
     common = ["--allow-private", "--threads", "4"]
@@ -68,13 +53,13 @@ def test_retry_fetches_only_transient_failures_and_writes_a_new_version(tmp_path
               + common)  # fmt: skip
     v1 = load_manifest(tmp_path / "v1")
     assert v1.rows == 9 and v1.counts["fetch"] == {reasons.HTTP_5XX: 3, reasons.HTTP_4XX: 1}
-    before = _digests(tmp_path / "v1")
+    before = digests(tmp_path / "v1")
 
     _Flaky.broken, _Flaky.hits = False, {}
     fetch.run(["--retry-failed", str(tmp_path / "v1"), "--out", str(tmp_path / "v2")] + common)
 
     assert {p for p in _Flaky.hits if p != "/robots.txt"} == FLAKY  # the 404 and the successes are not refetched
-    assert _digests(tmp_path / "v1") == before  # the earlier version is left as it was
+    assert digests(tmp_path / "v1") == before  # the earlier version is left as it was
     assert verify_dataset(tmp_path / "v2") == []
     v2 = load_manifest(tmp_path / "v2")
     assert v2.rows == 12 and v2.counts["fetch"] == {reasons.HTTP_4XX: 1}
