@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import wordfreq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
+from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from pipeline.shards import PARQUET_OPTIONS, write_file_atomic
 from schemas import FileEntry, fields, reasons
@@ -223,14 +223,15 @@ class _Match(beam.DoFn):
 
     def setup(self) -> None:
         self.automaton = build_automaton(self.entries)
+        self.counters = Counters(reasons.BALANCE)
 
     def process(self, candidate: dict) -> Iterator[Any]:
         out, reason = match_candidate(candidate, self.automaton, self.word_boundaries)
         if reason is None:
-            Metrics.counter(reasons.BALANCE, "matched").inc()
+            self.counters.inc("matched")
             yield out
         else:
-            Metrics.counter(reasons.BALANCE, reason).inc()
+            self.counters.inc(reason)
             yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(out, reason))
 
 
@@ -238,13 +239,16 @@ class _Sample(beam.DoFn):
     def __init__(self, cfg: BalanceConfig):
         self.cfg = cfg
 
+    def setup(self) -> None:
+        self.counters = Counters(reasons.BALANCE)
+
     def process(self, candidate: dict, counts: Mapping[str, int]) -> Iterator[Any]:
         reason, detail = sample_verdict(candidate, counts, self.cfg)
         if reason is None:
-            Metrics.counter(reasons.BALANCE, "kept").inc()
+            self.counters.inc("kept")
             yield candidate
         else:
-            Metrics.counter(reasons.BALANCE, reason).inc()
+            self.counters.inc(reason)
             yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(candidate, reason, detail))
 
 

@@ -13,8 +13,8 @@ from urllib.parse import quote, urlsplit
 import apache_beam as beam
 import idna
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 
+from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from pipeline.shard_reader import iter_shard, list_shards
 from schemas import ShardEntry, fields, reasons
@@ -190,14 +190,14 @@ def dedup_pure(candidates: Iterable[dict], cfg: DedupConfig) -> tuple[list[dict]
     return kept, [row for row in verdicts if row is not None]
 
 
-def _route(verdicts: Iterable[tuple[dict, dict | None]], kept_counter: str) -> Iterator:
+def _route(verdicts: Iterable[tuple[dict, dict | None]], kept_counter: str, counters: Counters) -> Iterator:
     # One namespace, the stage's, for both transforms: rejection counts then read as the stage's funnel.
     for candidate, row in verdicts:
         if row is None:
-            Metrics.counter(reasons.DEDUP, kept_counter).inc()
+            counters.inc(kept_counter)
             yield candidate
         else:
-            Metrics.counter(reasons.DEDUP, row[fields.REASON]).inc()
+            counters.inc(row[fields.REASON])
             yield beam.pvalue.TaggedOutput(REJECTED, row)
 
 
@@ -205,9 +205,12 @@ class _PickSurvivors(beam.DoFn):
     def __init__(self, by: str):
         self.by = by
 
+    def setup(self) -> None:
+        self.counters = Counters(reasons.DEDUP)
+
     def process(self, element: tuple[tuple, Iterable[dict]]) -> Iterator:
         group_key, group = element
-        yield from _route(_judge(group_key, group, self.by), "kept")
+        yield from _route(_judge(group_key, group, self.by), "kept", self.counters)
 
 
 class DedupCandidates(beam.PTransform):
@@ -309,9 +312,12 @@ class ReadSeenUrls(beam.PTransform):
 
 
 class _JudgeSeen(beam.DoFn):
+    def setup(self) -> None:
+        self.counters = Counters(reasons.DEDUP)
+
     def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator:
         _, joined = element
-        yield from _route(judge_seen(joined["candidates"], joined["seen"]), "unseen")
+        yield from _route(judge_seen(joined["candidates"], joined["seen"]), "unseen", self.counters)
 
 
 class ExcludeSeen(beam.PTransform):
