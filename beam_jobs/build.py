@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from beam_jobs.build_config import BuildConfig, given, resolve
 from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
-from pipeline.curate.balance import BalanceQueries, write_balance_counts
+from pipeline.curate.balance import BalanceQueries, WriteBalanceCounts
 from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
 from pipeline.curate.image_dedup import DedupImages
 from pipeline.curate.image_refs import reference_sets
@@ -101,16 +101,7 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options,
         n = beam.pvalue.AsSingleton(buckets)
         kept, rejected, balanced = _curate(read.candidates, cfg)
         if balanced is not None:
-            _ = (
-                p
-                | "OnceCounts" >> beam.Create([None])
-                | "WriteCounts"
-                >> beam.Map(
-                    lambda _, before, after: write_balance_counts(out, before, after),
-                    beam.pvalue.AsDict(balanced.counts_before),
-                    beam.pvalue.AsDict(balanced.counts_after),
-                )
-            )
+            _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
         # Curation reruns whole (it is cheap and its counts are global); only the fetch skips finished buckets.
         todo = kept | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
         fetched = todo | "Fetch" >> FetchImages(
@@ -146,7 +137,7 @@ def dedup_phase(cfg: BuildConfig, config: dict, out: Path, staged: DatasetManife
     for folder in (SHARDS_DIR, REJECTED_DIR):  # regenerated whole: nothing stale from an interrupted run remains
         shutil.rmtree(out / folder, ignore_errors=True)
     carry_files(stage, out, staged.rejected)
-    carried = Carried(rejected=staged.rejected, counts={k: v for k, v in staged.counts.items()})
+    carried = Carried(rejected=staged.rejected, counts=dict(staged.counts))
     references = reference_sets(
         exclude_from=cfg.run.exclude_from,
         decontaminate=[cfg.run.decontaminate] if cfg.run.decontaminate else [],

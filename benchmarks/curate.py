@@ -18,7 +18,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fetch import _tree_rss_mib  # benchmarks/fetch.py: a script's own folder is first on sys.path
+from fetch import timed  # benchmarks/fetch.py: a script's own folder is first on sys.path
 
 from schemas import CANDIDATE_SCHEMA, REJECTION_SCHEMA, SAMPLE_SCHEMA, fields, reasons
 from schemas.records import conform
@@ -133,7 +132,7 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
 
     from beam_jobs.build import _curate
     from beam_jobs.build_config import BuildConfig
-    from pipeline.curate.balance import write_balance_counts
+    from pipeline.curate.balance import WriteBalanceCounts
     from pipeline.rows_io import WriteRows
     from pipeline.sources.url_lists import REJECTED, ReadUrlLists, UrlListConfig
 
@@ -146,16 +145,7 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
         _ = kept | "WriteKept" >> WriteRows(str(out / "kept"), KEPT_SCHEMA)
         everything = [read[REJECTED], *rejected] | "AllRejected" >> beam.Flatten()
         _ = everything | "WriteRejected" >> WriteRows(str(out / "rejected"), REJECTION_SCHEMA)
-        _ = (
-            p
-            | "Once" >> beam.Create([None])
-            | "WriteCounts"
-            >> beam.Map(
-                lambda _, before, after: write_balance_counts(out, before, after),
-                beam.pvalue.AsDict(balanced.counts_before),
-                beam.pvalue.AsDict(balanced.counts_after),
-            )
-        )
+        _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
 
 
 def run_loop(inputs: Path, out: Path) -> None:
@@ -195,22 +185,6 @@ def run_loop(inputs: Path, out: Path) -> None:
     write_balance_counts(out, balanced.counts_before, balanced.counts_after)
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak resident MiB of the process tree, sampled every 0.2 s), as in benchmarks/fetch.py."""
-    log = WORK / "last-stderr.log"  # a file, not a pipe: a chatty child must never block on a full pipe
-    with open(log, "wb") as err:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        peak = 0.0
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss_mib(proc.pid))
-            time.sleep(0.2)
-        wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {log.read_text(errors='replace')[-3000:]}")
-    return wall, peak
-
-
 def _column(paths, name: str) -> list:
     return [v for p in sorted(paths) for v in pq.read_table(p, columns=[name]).column(name).to_pylist()]
 
@@ -221,7 +195,8 @@ def measure(config: str, inputs: Path, n: int) -> tuple[dict, set[str], Counter]
     shutil.rmtree(out, ignore_errors=True)
     workers = {"loop": 0, "beam_1worker": 1, "beam_2workers": 2}[config]
     load = os.getloadavg()[0]  # recorded because other work on a shared host shows up here first
-    wall, rss = timed([sys.executable, __file__, "--child", str(workers), "--inputs", str(inputs), "--out", str(out)])
+    cmd = [sys.executable, __file__, "--child", str(workers), "--inputs", str(inputs), "--out", str(out)]
+    wall, rss = timed(cmd, log=WORK / "last-stderr.log")
     inner = json.loads((out / "child.json").read_text())["seconds"]
     kept = set(_column(out.glob("kept*.parquet"), fields.KEY))
     why = Counter(_column(out.glob("rejected*.parquet"), fields.REASON))

@@ -117,13 +117,13 @@ def _tree_rss_mib(root: int) -> float:
     return total / 1024
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+def timed(cmd: list[str], env: dict | None = None, log: Path = WORK / "last-stderr.log") -> tuple[float, float]:
     """(wall seconds, peak resident MiB of the whole process tree, sampled every 0.2 s) of one command.
 
     Sampled from /proc rather than taken from rusage: Linux carries ru_maxrss across fork and exec, so a child of
     this (image-holding) process would report this process's size.
     """
-    log = WORK / "last-stderr.log"  # a file, not a pipe: a chatty child must never block on a full pipe
+    # stderr to a file, not a pipe: a chatty child must never block on a full pipe
     with open(log, "wb") as err:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -133,7 +133,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
             time.sleep(0.2)
         wall = time.monotonic() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed: {log.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed: {log.read_text(errors='replace')[-3000:]}")
     return wall, peak
 
 

@@ -299,3 +299,24 @@ class BalanceQueries(beam.PTransform):
         )
         rejected = (matched[REJECTED], sampled[REJECTED]) | "Rejected" >> beam.Flatten()
         return BalanceOutputs(sampled.kept, rejected, before, after)
+
+
+class WriteBalanceCounts(beam.PTransform):
+    """BalanceQueries' outputs -> balance_counts.parquet in `root`, once, after both counts are complete."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self.root = root
+
+    def expand(self, balanced: BalanceOutputs) -> beam.PCollection:
+        root = self.root
+        return (
+            balanced.kept.pipeline
+            | "Once" >> beam.Create([None])
+            | "Write"
+            >> beam.Map(
+                lambda _, before, after: write_balance_counts(root, before, after),
+                beam.pvalue.AsDict(balanced.counts_before),
+                beam.pvalue.AsDict(balanced.counts_after),
+            )
+        )

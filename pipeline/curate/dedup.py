@@ -52,7 +52,7 @@ def _normalize_host(host: str) -> str:
             try:  # IDNA 2003 still maps names 2008 refuses (emoji domains), and browsers still resolve them
                 host = host.encode("idna").decode("ascii")
             except UnicodeError:
-                pass
+                pass  # neither can encode it: the host stays as written (the URL is a comparison key, never fetched)
     return host.lower().removesuffix(".")
 
 

@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import re
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +126,7 @@ class ReferenceSet:
         if not Path(self.path).exists():
             raise FileNotFoundError(f"{self.path}: no such file or directory ({self.reason} reference set)")
         if self.reason == reasons.BLOCKLISTED:
-            for _ in iter_blocklist(self.path):  # streamed, not kept: a blocklist may be large
-                pass
+            deque(iter_blocklist(self.path), maxlen=0)  # every line checked now, none kept: a blocklist may be large
         elif self.reason == reasons.EVAL_CONTAMINATION and not eval_images(self.path):
             raise ValueError(f"{self.path}: no {'/'.join(EVAL_EXTS)} images to decontaminate against")
 
