@@ -76,12 +76,12 @@ def _curate(candidates: beam.PCollection, cfg: BuildConfig) -> tuple:
     dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup)
     kept = dedup.kept
     rejected.append(dedup[REJECTED])
+    balanced = None
     if cfg.run.balance:
         balanced = kept | "Balance" >> BalanceQueries(cfg.balance)
         kept = balanced.kept
         rejected.append(balanced[REJECTED])
-        return kept, rejected, balanced
-    return kept, rejected, None
+    return kept, rejected, balanced
 
 
 def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options, progress: bool) -> None:

@@ -63,7 +63,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _section(cls: type, values: dict, where: str) -> Any:
-    """A section's dataclass from a mapping; lists become tuples or sets as the field's default is."""
+    """A section's dataclass from a mapping; lists become frozensets or tuples as the field is annotated."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
