@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from beam_jobs.build_config import BuildConfig, given, resolve
 from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
+from pipeline.batches import BATCH_ROWS, CountRows, Unbatch
 from pipeline.curate.balance import BalanceQueries, WriteBalanceCounts
 from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
 from pipeline.curate.image_dedup import DedupImages
@@ -62,11 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     curation.add_argument("--blocklist", metavar="FILE", help="sha256 / pHash values never to write")
 
 
-def _curate(candidates: beam.PCollection, cfg: BuildConfig) -> tuple:
-    """Text rules and language, earlier datasets, candidate dedup, query balancing: what is left, the rejections,
-    and the balancing outputs (None when balancing is off)."""
+def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
+    """Text rules and language, earlier datasets, candidate dedup, query balancing over Rows batches: what is left
+    (batches), the rejections (one PCollection of batches), and the balancing outputs (None when balancing is off)."""
     rejected = []
-    text = candidates | "Text" >> CurateText(cfg.text)
+    text = batches | "Text" >> CurateText(cfg.text)
     kept = text.kept
     rejected.append(text[REJECTED])
     if cfg.run.exclude_from:
@@ -81,7 +82,7 @@ def _curate(candidates: beam.PCollection, cfg: BuildConfig) -> tuple:
         balanced = kept | "Balance" >> BalanceQueries(cfg.balance)
         kept = balanced.kept
         rejected.append(balanced[REJECTED])
-    return kept, rejected, balanced
+    return kept, rejected | "CurationRejected" >> beam.Flatten(), balanced
 
 
 def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options, progress: bool) -> None:
@@ -91,11 +92,15 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options,
     if done:
         print(f"resuming: {len(done)} fetch buckets of an earlier run are complete and kept")
     with beam.Pipeline(options=options) as p:
-        read = p | "Read" >> ReadUrlLists(cfg.sources)
-        everything = (read.candidates, read[SOURCE_REJECTED]) | "AllCandidates" >> beam.Flatten()
+        read = p | "Read" >> ReadUrlLists(cfg.sources, batch_rows=BATCH_ROWS)
+        sizes = (
+            read.candidates | "CountCandidates" >> CountRows(),
+            read[SOURCE_REJECTED] | "CountUnreadable" >> beam.combiners.Count.Globally(),
+        )
         buckets = (
-            everything
-            | "CountCandidates" >> beam.combiners.Count.Globally()
+            sizes
+            | "Sizes" >> beam.Flatten()
+            | "Total" >> beam.CombineGlobally(sum)
             | "Buckets" >> beam.Map(buckets_for, cfg.run.samples_per_shard)
         )
         n = beam.pvalue.AsSingleton(buckets)
@@ -103,11 +108,13 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options,
         if balanced is not None:
             _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
         # Curation reruns whole (it is cheap and its counts are global); only the fetch skips finished buckets.
-        todo = kept | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
+        pending = beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
+        todo = kept | "Unbatch" >> Unbatch() | "Pending" >> pending
         fetched = todo | "Fetch" >> FetchImages(
             cfg.fetch, cfg.image, threads=cfg.run.threads, image_workers=cfg.run.image_workers, progress=progress
         )
-        all_rejected = [read[SOURCE_REJECTED], *rejected, fetched[REJECTED]] | "AllRejected" >> beam.Flatten()
+        unbatched = rejected | "UnbatchRejected" >> Unbatch()
+        all_rejected = [read[SOURCE_REJECTED], unbatched, fetched[REJECTED]] | "AllRejected" >> beam.Flatten()
         pending_rejected = all_rejected | "PendingRejected" >> beam.Filter(
             lambda r, n: is_pending(r[fields.KEY], n, done), n=n
         )

@@ -132,6 +132,7 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
 
     from beam_jobs.build import _curate
     from beam_jobs.build_config import BuildConfig
+    from pipeline.batches import BATCH_ROWS
     from pipeline.curate.balance import WriteBalanceCounts
     from pipeline.rows_io import WriteRows
     from pipeline.sources.url_lists import REJECTED, ReadUrlLists, UrlListConfig
@@ -140,11 +141,11 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
     mode = "multi_processing" if workers > 1 else "in_memory"
     options = PipelineOptions(runner="FnApiRunner", direct_num_workers=workers, direct_running_mode=mode)
     with beam.Pipeline(options=options) as p:
-        read = p | "Read" >> ReadUrlLists(cfg.sources)
+        read = p | "Read" >> ReadUrlLists(cfg.sources, batch_rows=BATCH_ROWS)
         kept, rejected, balanced = _curate(read.candidates, cfg)
-        _ = kept | "WriteKept" >> WriteRows(str(out / "kept"), KEPT_SCHEMA)
-        everything = [read[REJECTED], *rejected] | "AllRejected" >> beam.Flatten()
-        _ = everything | "WriteRejected" >> WriteRows(str(out / "rejected"), REJECTION_SCHEMA)
+        _ = kept | "WriteKept" >> WriteRows(str(out / "kept"), KEPT_SCHEMA, batched=True)
+        _ = rejected | "WriteRejected" >> WriteRows(str(out / "rejected"), REJECTION_SCHEMA, batched=True)
+        _ = read[REJECTED] | "WriteUnreadable" >> WriteRows(str(out / "rejected-unreadable"), REJECTION_SCHEMA)
         _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
 
 

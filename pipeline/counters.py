@@ -11,6 +11,8 @@ class Counters:
         self._made: dict = {}
 
     def inc(self, name: str, n: int = 1) -> None:
+        if not n:  # batch stages add per batch; a counter that never moved should not appear at 0
+            return
         counter = self._made.get(name)
         if counter is None:
             counter = self._made[name] = Metrics.counter(self.namespace, name)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import wordfreq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.batches import Rows, SumCounts, emit
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from pipeline.shards import PARQUET_OPTIONS, write_file_atomic
@@ -169,6 +170,11 @@ def sample_verdict(candidate: dict, counts: Mapping[str, int], cfg: BalanceConfi
     return reasons.OVER_QUERY_CAP, ", ".join(f"{e}:{counts[e]}" for e in entries)
 
 
+def entry_counts(rows: Iterable[dict]) -> Counter:
+    """How many of the rows matched each entry."""
+    return Counter(e for candidate in rows for e in candidate[fields.MATCHED_ENTRIES])
+
+
 class BalanceResult(NamedTuple):
     kept: list[dict]
     rejected: list[dict]
@@ -186,7 +192,7 @@ def balance_pure(candidates: Iterable[dict], cfg: BalanceConfig, entries: Iterab
             rejected.append(rejection_row(out, reason))
         else:
             matched.append(out)
-    before = Counter(e for c in matched for e in c[fields.MATCHED_ENTRIES])
+    before = entry_counts(matched)
     kept = []
     for candidate in matched:
         reason, detail = sample_verdict(candidate, before, cfg)
@@ -194,7 +200,7 @@ def balance_pure(candidates: Iterable[dict], cfg: BalanceConfig, entries: Iterab
             rejected.append(rejection_row(candidate, reason, detail))
         else:
             kept.append(candidate)
-    after = Counter(e for c in kept for e in c[fields.MATCHED_ENTRIES])
+    after = entry_counts(kept)
     return BalanceResult(kept, rejected, dict(before), dict(after))
 
 
@@ -225,14 +231,17 @@ class _Match(beam.DoFn):
         self.automaton = build_automaton(self.entries)
         self.counters = Counters(reasons.BALANCE)
 
-    def process(self, candidate: dict) -> Iterator[Any]:
-        out, reason = match_candidate(candidate, self.automaton, self.word_boundaries)
-        if reason is None:
-            self.counters.inc("matched")
-            yield out
-        else:
-            self.counters.inc(reason)
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(out, reason))
+    def process(self, rows: Rows) -> Iterator[Any]:
+        matched, rejected = [], []
+        for candidate in rows:
+            out, reason = match_candidate(candidate, self.automaton, self.word_boundaries)
+            if reason is None:
+                matched.append(out)
+            else:
+                rejected.append(rejection_row(out, reason))
+        self.counters.inc("matched", len(matched))
+        self.counters.inc(reasons.NO_QUERY_MATCH, len(rejected))
+        yield from emit(matched, rejected, REJECTED)
 
 
 class _Sample(beam.DoFn):
@@ -242,34 +251,33 @@ class _Sample(beam.DoFn):
     def setup(self) -> None:
         self.counters = Counters(reasons.BALANCE)
 
-    def process(self, candidate: dict, counts: Mapping[str, int]) -> Iterator[Any]:
-        reason, detail = sample_verdict(candidate, counts, self.cfg)
-        if reason is None:
-            self.counters.inc("kept")
-            yield candidate
-        else:
-            self.counters.inc(reason)
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(candidate, reason, detail))
-
-
-def _entries_of(candidate: dict) -> list[str]:
-    return candidate[fields.MATCHED_ENTRIES]
+    def process(self, rows: Rows, counts: Mapping[str, int]) -> Iterator[Any]:
+        kept, rejected = [], []
+        for candidate in rows:
+            reason, detail = sample_verdict(candidate, counts, self.cfg)
+            if reason is None:
+                kept.append(candidate)
+            else:
+                rejected.append(rejection_row(candidate, reason, detail))
+        self.counters.inc("kept", len(kept))
+        self.counters.inc(reasons.OVER_QUERY_CAP, len(rejected))
+        yield from emit(kept, rejected, REJECTED)
 
 
 class BalanceOutputs(NamedTuple):
     """The stage's PCollections; `out.kept` and `out[REJECTED]` both work, as on a ParDo's outputs."""
 
-    kept: Any
-    rejected: Any
-    counts_before: Any  # (entry, matched candidates)
-    counts_after: Any  # (entry, kept candidates)
+    kept: Any  # Rows batches
+    rejected: Any  # Rows batches
+    counts_before: Any  # one dict: entry -> matched candidates
+    counts_after: Any  # one dict: entry -> kept candidates
 
     def __getitem__(self, item: Any) -> Any:
         return getattr(self, item) if isinstance(item, str) else tuple.__getitem__(self, item)
 
 
 class BalanceQueries(beam.PTransform):
-    """Candidates -> `kept` (MATCHED_ENTRIES set), `rejected` rows, and entry counts before and after."""
+    """Rows batches -> `kept` (MATCHED_ENTRIES set) and `rejected` batches, and entry counts before and after."""
 
     def __init__(self, cfg: BalanceConfig, entries: Iterable[str] | None = None):
         super().__init__()
@@ -278,24 +286,23 @@ class BalanceQueries(beam.PTransform):
         self.entries = tuple(_entry_list(cfg, entries))
 
     # Any, not a tuple of PCollections: Beam warns about output hints that are not PCollections.
-    def expand(self, candidates: beam.PCollection) -> Any:
-        matched = candidates | "Match" >> beam.ParDo(_Match(self.entries, self.cfg.word_boundaries)).with_outputs(
+    def expand(self, batches: beam.PCollection) -> Any:
+        matched = batches | "Match" >> beam.ParDo(_Match(self.entries, self.cfg.word_boundaries)).with_outputs(
             REJECTED, main="matched"
         )
-        # The counts reach every worker whole, as a side input dict: fine up to ~500k entries (MetaCLIP's list);
-        # a much longer list would want a join (CoGroupByKey per entry) instead.
+        # The counts reach every worker whole, as one dict side input: fine up to ~500k entries (MetaCLIP's list);
+        # a much longer list would want a join (CoGroupByKey per entry) instead. Each batch is counted first, so
+        # what is combined is one Counter per batch, not one element per match.
         before = (
             matched.matched
-            | "EntriesBefore" >> beam.FlatMap(_entries_of)
-            | "CountBefore" >> beam.combiners.Count.PerElement()
+            | "EntriesBefore" >> beam.Map(entry_counts)
+            | "CountBefore" >> beam.CombineGlobally(SumCounts())
         )
-        sampled = matched.matched | "Sample" >> beam.ParDo(_Sample(self.cfg), beam.pvalue.AsDict(before)).with_outputs(
-            REJECTED, main="kept"
-        )
+        sampled = matched.matched | "Sample" >> beam.ParDo(
+            _Sample(self.cfg), beam.pvalue.AsSingleton(before)
+        ).with_outputs(REJECTED, main="kept")
         after = (
-            sampled.kept
-            | "EntriesAfter" >> beam.FlatMap(_entries_of)
-            | "CountAfter" >> beam.combiners.Count.PerElement()
+            sampled.kept | "EntriesAfter" >> beam.Map(entry_counts) | "CountAfter" >> beam.CombineGlobally(SumCounts())
         )
         rejected = (matched[REJECTED], sampled[REJECTED]) | "Rejected" >> beam.Flatten()
         return BalanceOutputs(sampled.kept, rejected, before, after)
@@ -316,7 +323,7 @@ class WriteBalanceCounts(beam.PTransform):
             | "Write"
             >> beam.Map(
                 lambda _, before, after: write_balance_counts(root, before, after),
-                beam.pvalue.AsDict(balanced.counts_before),
-                beam.pvalue.AsDict(balanced.counts_after),
+                beam.pvalue.AsSingleton(balanced.counts_before),
+                beam.pvalue.AsSingleton(balanced.counts_after),
             )
         )

@@ -3,8 +3,8 @@
 import json
 import os
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import apache_beam as beam
 import idna
 import pyarrow.parquet as pq
 
+from pipeline.batches import PARTITION_ROWS, CountRows, PartitionRows, Rows, batched, partition_of, partitions_for
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from pipeline.shard_reader import iter_shard, list_shards
@@ -175,30 +176,40 @@ def _judge(group_key: tuple, group: Iterable[dict], by: str) -> Iterator[tuple[d
     return judge_group(group, reasons.DUPLICATE_PAIR if by == "pair" else reasons.DUPLICATE_URL)
 
 
-def dedup_pure(candidates: Iterable[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict]]:
-    """Single-process DedupCandidates, for reference and benchmarks: (kept in input order, rejection rows)."""
-    candidates = list(candidates)
+def dedup_keyed(keyed: Iterable[tuple[tuple, dict]], by: str) -> tuple[list[dict], list[dict]]:
+    """(dedup_key, candidate) pairs judged in memory: (kept in input order, rejection rows)."""
+    keyed = list(keyed)
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, candidate in enumerate(candidates):
-        groups[dedup_key(candidate, cfg.by)].append(i)
-    verdicts: list[dict | None] = [None] * len(candidates)
+    for i, (group_key, _) in enumerate(keyed):
+        groups[group_key].append(i)
+    verdicts: list[dict | None] = [None] * len(keyed)
     for group_key, indices in groups.items():
-        judged = _judge(group_key, [candidates[i] for i in indices], cfg.by)
+        judged = _judge(group_key, [keyed[i][1] for i in indices], by)
         for i, (_, row) in zip(indices, judged, strict=True):
             verdicts[i] = row
-    kept = [c for c, row in zip(candidates, verdicts, strict=True) if row is None]
+    kept = [c for (_, c), row in zip(keyed, verdicts, strict=True) if row is None]
     return kept, [row for row in verdicts if row is not None]
 
 
-def _route(verdicts: Iterable[tuple[dict, dict | None]], kept_counter: str, counters: Counters) -> Iterator:
+def dedup_pure(candidates: Iterable[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict]]:
+    """Single-process DedupCandidates, for reference and benchmarks: (kept in input order, rejection rows)."""
+    return dedup_keyed(((dedup_key(c, cfg.by), c) for c in candidates), cfg.by)
+
+
+def _count(kept: list[dict], rejected: list[dict], kept_counter: str, counters: Counters) -> None:
     # One namespace, the stage's, for both transforms: rejection counts then read as the stage's funnel.
-    for candidate, row in verdicts:
-        if row is None:
-            counters.inc(kept_counter)
-            yield candidate
-        else:
-            counters.inc(row[fields.REASON])
-            yield beam.pvalue.TaggedOutput(REJECTED, row)
+    counters.inc(kept_counter, len(kept))
+    for reason, n in Counter(row[fields.REASON] for row in rejected).items():
+        counters.inc(reason, n)
+
+
+def _with_keys(rows: Rows, by: str) -> Rows:
+    return Rows((dedup_key(c, by), c) for c in rows)
+
+
+def _partition_key(pair: tuple[tuple, dict]) -> str:
+    group_key = pair[0]
+    return group_key[0] if group_key[0] is not None else group_key[1]  # the URL: pair groups fall inside URL ones
 
 
 class _PickSurvivors(beam.DoFn):
@@ -208,26 +219,37 @@ class _PickSurvivors(beam.DoFn):
     def setup(self) -> None:
         self.counters = Counters(reasons.DEDUP)
 
-    def process(self, element: tuple[tuple, Iterable[dict]]) -> Iterator:
-        group_key, group = element
-        yield from _route(_judge(group_key, group, self.by), "kept", self.counters)
+    def process(self, element: tuple[int, Iterable[Rows]]) -> Iterator:
+        _, batches = element
+        kept, rejected = dedup_keyed((pair for batch in batches for pair in batch), self.by)
+        _count(kept, rejected, "kept", self.counters)
+        for part in batched(kept):
+            yield part
+        for part in batched(rejected):
+            yield beam.pvalue.TaggedOutput(REJECTED, part)
 
 
 class DedupCandidates(beam.PTransform):
-    """Candidates -> `kept` (one per normalized URL or pair, the smallest key) and `rejected` rows."""
+    """Rows batches of candidates -> `kept` (one per normalized URL or pair, the smallest key) and `rejected` batches.
 
-    def __init__(self, cfg: DedupConfig):
+    Candidates travel in sub-batches to partitions by a hash of their URL: each partition, a few hundred
+    thousand rows (pipeline.batches.PARTITION_ROWS), holds every spelling of its URLs and is judged in memory.
+    """
+
+    def __init__(self, cfg: DedupConfig, rows_per_partition: int = PARTITION_ROWS):
         super().__init__()
         self.cfg = cfg
+        self.rows_per_partition = rows_per_partition
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
-    def expand(self, candidates: beam.PCollection) -> Any:
+    def expand(self, batches: beam.PCollection) -> Any:
+        keyed = batches | "Key" >> beam.Map(_with_keys, self.cfg.by)
         pick = beam.ParDo(_PickSurvivors(self.cfg.by)).with_outputs(REJECTED, main="kept")
-        if self.cfg.by == "none":  # no shuffle: every candidate is a group of one
-            return candidates | "Single" >> beam.Map(lambda c: ((None, ""), [c])) | "Pick" >> pick
+        if self.cfg.by == "none":  # every candidate is a group of one: no shuffle, each batch judged alone
+            return keyed | "Single" >> beam.Map(lambda batch: (0, [batch])) | "Pick" >> pick
         return (
-            candidates
-            | "Key" >> beam.Map(lambda c, by: (dedup_key(c, by), c), self.cfg.by)
+            keyed
+            | "Partition" >> PartitionRows(_partition_key, self.rows_per_partition)
             | "Group" >> beam.GroupByKey()
             | "Pick" >> pick
         )
@@ -260,29 +282,30 @@ def dataset_urls(path: str | os.PathLike) -> Iterator[str]:
         yield from shard_urls(path, shard)
 
 
-def judge_seen(candidates: Iterable[dict], datasets: Iterable[str]) -> Iterator[tuple[dict, dict | None]]:
-    """Candidates sharing one normalized URL, each with None or a SEEN_BEFORE row naming the first such dataset."""
-    first = min(datasets, default=None)
+def first_seen(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """(normalized URL, dataset) pairs -> URL: the smallest dataset name holding it (the one a rejection names)."""
+    seen: dict[str, str] = {}
+    for url, dataset in pairs:
+        if url not in seen or dataset < seen[url]:
+            seen[url] = dataset
+    return seen
+
+
+def judge_seen(candidates: Iterable[dict], seen: Mapping[str, str]) -> tuple[list[dict], list[dict]]:
+    """(kept in input order, SEEN_BEFORE rows naming the dataset) for candidates against earlier datasets' URLs."""
+    kept, rejected = [], []
     for candidate in candidates:
-        yield candidate, None if first is None else rejection_row(candidate, reasons.SEEN_BEFORE, f"in {first}")
+        dataset = seen.get(url_key(candidate) or "")  # no URL: no earlier sample can share it
+        if dataset is None:
+            kept.append(candidate)
+        else:
+            rejected.append(rejection_row(candidate, reasons.SEEN_BEFORE, f"in {dataset}"))
+    return kept, rejected
 
 
 def exclude_seen_pure(candidates: Iterable[dict], datasets: Sequence[str]) -> tuple[list[dict], list[dict]]:
     """Single-process ExcludeSeen: (kept in input order, rejection rows); holds every earlier URL in memory."""
-    seen: dict[str, str] = {}
-    for dataset in map(str, datasets):
-        for url in dataset_urls(dataset):
-            if url not in seen or dataset < seen[url]:  # the smallest name, as judge_seen picks it
-                seen[url] = dataset
-    kept, rejected = [], []
-    for candidate in candidates:
-        url = url_key(candidate)
-        [(_, row)] = judge_seen([candidate], [seen[url]] if url in seen else [])
-        if row is None:
-            kept.append(candidate)
-        else:
-            rejected.append(row)
-    return kept, rejected
+    return judge_seen(candidates, first_seen((url, d) for d in map(str, datasets) for url in dataset_urls(d)))
 
 
 def _dataset_shards(dataset: str) -> list[tuple[str, ShardEntry]]:
@@ -315,26 +338,43 @@ class _JudgeSeen(beam.DoFn):
     def setup(self) -> None:
         self.counters = Counters(reasons.DEDUP)
 
-    def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator:
+    def process(self, element: tuple[int, dict[str, Iterable]]) -> Iterator:
         _, joined = element
-        yield from _route(judge_seen(joined["candidates"], joined["seen"]), "unseen", self.counters)
+        candidates = (c for batch in joined["candidates"] for c in batch)
+        kept, rejected = judge_seen(candidates, first_seen(joined["seen"]))
+        _count(kept, rejected, "unseen", self.counters)
+        for part in batched(kept):
+            yield part
+        for part in batched(rejected):
+            yield beam.pvalue.TaggedOutput(REJECTED, part)
+
+
+def _url_or_key(candidate: dict) -> str:
+    return url_key(candidate) or str(candidate.get(fields.KEY))
 
 
 class ExcludeSeen(beam.PTransform):
-    """Candidates -> `kept` and `rejected` (SEEN_BEFORE): those whose normalized URL an earlier dataset holds.
-
-    A join on the normalized URL (CoGroupByKey), not a side input, so earlier datasets need not fit in memory.
+    """Rows batches -> `kept` and `rejected` (SEEN_BEFORE) batches: candidates whose normalized URL an earlier
+    dataset holds. A join (CoGroupByKey) on hash partitions of the URL, sized by the candidates and earlier URLs
+    together, not a side input: earlier datasets need not fit in memory.
     """
 
-    def __init__(self, datasets: Sequence[str | os.PathLike]):
+    def __init__(self, datasets: Sequence[str | os.PathLike], rows_per_partition: int = PARTITION_ROWS):
         super().__init__()
         self.datasets = tuple(str(d) for d in datasets)
+        self.rows_per_partition = rows_per_partition
         for dataset in self.datasets:  # fail now, not after the pipeline has run for an hour
             list_shards(dataset)
 
-    def expand(self, candidates: beam.PCollection) -> Any:
-        seen = candidates.pipeline | "ReadSeen" >> ReadSeenUrls(self.datasets)
-        # Candidates without a URL share the key "", which no earlier sample has: they pass.
-        keyed = candidates | "KeyByUrl" >> beam.Map(lambda c: (url_key(c) or "", c))
-        joined = {"candidates": keyed, "seen": seen} | "Join" >> beam.CoGroupByKey()
+    def expand(self, batches: beam.PCollection) -> Any:
+        seen = batches.pipeline | "ReadSeen" >> ReadSeenUrls(self.datasets)
+        sizes = (
+            batches | "CountCandidates" >> CountRows(),
+            seen | "CountSeen" >> beam.combiners.Count.Globally(),
+        )
+        total = sizes | "Sizes" >> beam.Flatten() | "Total" >> beam.CombineGlobally(sum)
+        parts = beam.pvalue.AsSingleton(total | "Parts" >> beam.Map(partitions_for, self.rows_per_partition))
+        keyed_seen = seen | "PartitionSeen" >> beam.Map(lambda s, n: (partition_of(s[0], n), s), parts)
+        keyed = batches | "Partition" >> PartitionRows(_url_or_key, partitions=parts)
+        joined = {"candidates": keyed, "seen": keyed_seen} | "Join" >> beam.CoGroupByKey()
         return joined | "Judge" >> beam.ParDo(_JudgeSeen()).with_outputs(REJECTED, main="kept")

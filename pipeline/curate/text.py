@@ -3,12 +3,14 @@
 import re
 import threading
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import apache_beam as beam
 import ftfy
 
+from pipeline.batches import Rows, emit
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from schemas import fields, reasons
@@ -165,24 +167,27 @@ class _Curate(beam.DoFn):
         self.lang_id = make_lang_id(self.cfg.lang_model)
         self.counters = Counters(reasons.TEXT)
 
-    def process(self, candidate: dict):
-        out, reason = curate(candidate, self.cfg, self.lang_id)
-        if reason is None:
-            self.counters.inc("kept")
-            yield out
-        else:
-            self.counters.inc(reason)
-            detail = f"{out[fields.LANG]} {out[fields.LANG_SCORE]:.2f}" if reason == reasons.LANGUAGE else ""
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(out, reason, detail))
+    def process(self, rows: Rows) -> Iterator[Any]:
+        kept, rejected = [], []
+        for candidate in rows:
+            out, reason = curate(candidate, self.cfg, self.lang_id)
+            if reason is None:
+                kept.append(out)
+            else:
+                self.counters.inc(reason)
+                detail = f"{out[fields.LANG]} {out[fields.LANG_SCORE]:.2f}" if reason == reasons.LANGUAGE else ""
+                rejected.append(rejection_row(out, reason, detail))
+        self.counters.inc("kept", len(kept))
+        yield from emit(kept, rejected, REJECTED)
 
 
 class CurateText(beam.PTransform):
-    """Candidates -> `kept` (caption normalized, lang and lang_score set) and `rejected` rows."""
+    """Rows batches of candidates -> `kept` (caption normalized, lang and lang_score set) and `rejected` batches."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
-    def expand(self, candidates: beam.PCollection) -> Any:
-        return candidates | "Judge" >> beam.ParDo(_Curate(self.cfg)).with_outputs(REJECTED, main="kept")
+    def expand(self, batches: beam.PCollection) -> Any:
+        return batches | "Judge" >> beam.ParDo(_Curate(self.cfg)).with_outputs(REJECTED, main="kept")

@@ -14,6 +14,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline.batches import Rows
 from pipeline.rejection import Rejected, rejection_row
 from schemas import CANDIDATE_SCHEMA, fields, make_key, reasons
 
@@ -156,24 +157,35 @@ def _with_candidate(e: Rejected, candidate: dict) -> Rejected:
 
 
 class _ReadListFile(beam.DoFn):
-    def __init__(self, cfg: UrlListConfig):
+    def __init__(self, cfg: UrlListConfig, batch_rows: int = 0):
         self.cfg = cfg
+        self.batch_rows = batch_rows
         self.read = Metrics.counter("sources", "rows_read")
         self.bad = Metrics.counter("sources", "rows_rejected")
 
     def process(self, path: str) -> Iterator:
         fmt = detect_format(path) if self.cfg.format == "auto" else self.cfg.format
         source = f"urls:{path.rsplit('/', 1)[-1]}"
-        columns = None
+        columns, batch = None, Rows()
         for index, row in enumerate(iter_rows(path, fmt, self.cfg.header)):
             if columns is None and row:
                 columns = resolve_columns(row, self.cfg, path)
             self.read.inc()
             try:
-                yield candidate_from_row(row, source, index, *(columns or ("", None)))
+                candidate = candidate_from_row(row, source, index, *(columns or ("", None)))
             except Rejected as e:
                 self.bad.inc()
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(e.candidate, e.reason, e.detail))
+                continue
+            if not self.batch_rows:
+                yield candidate
+                continue
+            batch.append(candidate)
+            if len(batch) >= self.batch_rows:
+                yield batch
+                batch = Rows()
+        if batch:
+            yield batch
 
 
 def match_paths(pattern: str) -> list[str]:
@@ -189,12 +201,14 @@ class ReadUrlLists(beam.PTransform):
     """Candidates from URL lists; outputs `candidates` (main) and `rejected` (REJECTION_SCHEMA rows).
 
     A file is the unit of parallelism: LAION-style metadata comes as many files, and per-file reading keeps
-    row numbers (and so keys) stable.
+    row numbers (and so keys) stable. With `batch_rows`, candidates come as Rows batches of that many
+    (pipeline.batches); rejections stay one row per element either way.
     """
 
-    def __init__(self, cfg: UrlListConfig):
+    def __init__(self, cfg: UrlListConfig, batch_rows: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.batch_rows = batch_rows
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
     def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
@@ -203,5 +217,5 @@ class ReadUrlLists(beam.PTransform):
             pbegin
             | "Files" >> beam.Create(paths)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadListFile(self.cfg)).with_outputs(REJECTED, main="candidates")
+            | "Read" >> beam.ParDo(_ReadListFile(self.cfg, self.batch_rows)).with_outputs(REJECTED, main="candidates")
         )

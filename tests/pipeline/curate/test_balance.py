@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline.batches import batched
 from pipeline.curate.balance import (
     REJECTED,
     BalanceConfig,
@@ -216,16 +217,16 @@ def run_stage(cfg: BalanceConfig, expected, out_dir: Path, options: PipelineOpti
     want += [("before", kv) for kv in expected.counts_before.items()]
     want += [("after", kv) for kv in expected.counts_after.items()]
     p = TestPipeline(runner=None if options else "FnApiRunner", options=options)
-    out = p | beam.Create(STAGE_DATA) | BalanceQueries(cfg, STAGE_ENTRIES)
+    out = p | beam.Create(list(batched(STAGE_DATA, 16))) | BalanceQueries(cfg, STAGE_ENTRIES)
     # One assert_that over every output, tagged: each assert_that adds a grouping stage, and they cost seconds.
     got = (
-        out.kept | "Kept" >> beam.Map(lambda c: ("kept", kept_row(c))),
-        out[REJECTED] | "Rej" >> beam.Map(lambda r: (REJECTED, rejected_row(r))),
-        out.counts_before | "Before" >> beam.Map(lambda kv: ("before", kv)),
-        out.counts_after | "After" >> beam.Map(lambda kv: ("after", kv)),
+        out.kept | "Kept" >> beam.FlatMap(lambda rows: [("kept", kept_row(c)) for c in rows]),
+        out[REJECTED] | "Rej" >> beam.FlatMap(lambda rows: [(REJECTED, rejected_row(r)) for r in rows]),
+        out.counts_before | "Before" >> beam.FlatMap(lambda counts: [("before", kv) for kv in counts.items()]),
+        out.counts_after | "After" >> beam.FlatMap(lambda counts: [("after", kv) for kv in counts.items()]),
     ) | beam.Flatten()
     assert_that(got, equal_to(want))
-    counts = (beam.pvalue.AsDict(out.counts_before), beam.pvalue.AsDict(out.counts_after))
+    counts = (beam.pvalue.AsSingleton(out.counts_before), beam.pvalue.AsSingleton(out.counts_after))
     _ = p | "Dir" >> beam.Create([str(out_dir)]) | "WriteCounts" >> beam.Map(write_balance_counts, *counts)
     result = p.run()
     result.wait_until_finish()

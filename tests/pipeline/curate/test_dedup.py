@@ -13,6 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipeline.batches import batched
 from pipeline.curate.dedup import (
     MODES,
     REJECTED,
@@ -206,19 +207,19 @@ def test_survivor_is_found_again_in_a_reread_group():
 
 def _beam_verdicts(out, label: str) -> beam.PCollection:
     return (
-        out.kept | f"{label}Kept" >> beam.Map(lambda c: (c[fields.KEY], ("kept",))),
-        out[REJECTED] | f"{label}Rejected" >> beam.Map(lambda r: (r[fields.KEY], _rejection(r))),
+        out.kept | f"{label}Kept" >> beam.FlatMap(lambda rows: [(c[fields.KEY], ("kept",)) for c in rows]),
+        out[REJECTED] | f"{label}Rejected" >> beam.FlatMap(lambda rows: [(r[fields.KEY], _rejection(r)) for r in rows]),
     ) | f"{label}All" >> beam.Flatten()
 
 
 def test_dedup_stage_matches_the_plain_loop():
     p = TestPipeline(runner="FnApiRunner")
-    cands = p | beam.Create(CANDS)
+    cands = p | beam.Create(list(batched(CANDS, 4)))  # a URL's spellings arrive in different batches
     counts = Counter()
     for by in MODES:  # one pipeline for the three modes: each run costs a second or two to start
         kept, rejected = dedup_pure(CANDS, DedupConfig(by=by))
         counts.update({"kept": len(kept)} | Counter(r[fields.REASON] for r in rejected))
-        out = cands | f"Dedup_{by}" >> DedupCandidates(DedupConfig(by=by))
+        out = cands | f"Dedup_{by}" >> DedupCandidates(DedupConfig(by=by), rows_per_partition=5)  # 4 partitions
         assert_that(_beam_verdicts(out, by), equal_to(sorted(_verdicts(kept, rejected).items())), label=f"Check_{by}")
     result = p.run()
     result.wait_until_finish()
@@ -297,8 +298,8 @@ def test_exclude_seen_plain_loop(earlier, img2dataset_output):
 def test_exclude_seen_stage(earlier, img2dataset_output):
     expected = sorted(_exclude_expected(earlier, img2dataset_output).items())
     with TestPipeline(runner="FnApiRunner") as p:
-        cands = p | beam.Create(EXCLUDE_CANDS)
-        out = cands | "Exclude" >> ExcludeSeen([earlier, img2dataset_output])
+        cands = p | beam.Create(list(batched(EXCLUDE_CANDS, 4)))
+        out = cands | "Exclude" >> ExcludeSeen([earlier, img2dataset_output], rows_per_partition=4)  # 3 partitions
         assert_that(_beam_verdicts(out, "two"), equal_to(expected), label="CheckTwo")
         nothing = cands | "ExcludeNothing" >> ExcludeSeen([])
         all_kept = [(c[fields.KEY], ("kept",)) for c in EXCLUDE_CANDS]

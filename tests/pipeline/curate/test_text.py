@@ -6,6 +6,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline.batches import Unbatch, batched
 from pipeline.curate.text import (
     REJECTED,
     CurateText,
@@ -135,10 +136,11 @@ def test_curate_text_stage():
         {fields.KEY: "d", fields.CAPTION: None},
     ]
     with TestPipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create(cands) | CurateText(TextConfig())
-        assert_that(out.kept | beam.Map(lambda c: (c[fields.KEY], c[fields.LANG])), equal_to([("a", "en")]), label="k")
+        out = p | beam.Create(list(batched(cands, 3))) | CurateText(TextConfig())
+        kept = out.kept | "Kept" >> beam.FlatMap(lambda rows: [(c[fields.KEY], c[fields.LANG]) for c in rows])
+        assert_that(kept, equal_to([("a", "en")]), label="k")
         assert_that(
-            out[REJECTED] | beam.Map(lambda r: (r[fields.KEY], r[fields.STAGE], r[fields.REASON])),
+            out[REJECTED] | Unbatch() | beam.Map(lambda r: (r[fields.KEY], r[fields.STAGE], r[fields.REASON])),
             equal_to([("b", "text", "boilerplate"), ("c", "text", "language"), ("d", "text", "empty_caption")]),
             label="r",
         )
