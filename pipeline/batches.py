@@ -20,6 +20,9 @@ import pyarrow as pa
 BATCH_ROWS = 2000
 # Rows a shuffle partition holds at most on average: what a worker keeps in memory while judging one.
 PARTITION_ROWS = 250_000
+# Partitions at least: the stages after a shuffle run one partition per task, so fewer would idle workers (and a
+# 2,000-row batch split 16 ways still moves ~125 rows per element).
+MIN_PARTITIONS = 16
 
 
 class Rows(list):
@@ -37,8 +40,8 @@ def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[Rows]:
         yield batch
 
 
-def partitions_for(n: int, rows_per_partition: int = PARTITION_ROWS) -> int:
-    return max(1, math.ceil(n / rows_per_partition))
+def partitions_for(n: int, rows_per_partition: int = PARTITION_ROWS, least: int = MIN_PARTITIONS) -> int:
+    return max(least, math.ceil(n / rows_per_partition))
 
 
 def partition_of(key: str, partitions: int) -> int:

@@ -23,7 +23,7 @@ class WriteRows(beam.PTransform):
         names, schema = self.schema.names, self.schema
         common = {"file_name_suffix": ".parquet", "num_shards": self.num_shards, "codec": "zstd"}
         if self.batched:
-            tables = rows | "Table" >> beam.Map(rows_table, schema)
+            tables = rows | "Table" >> beam.Map(lambda batch: rows_table(batch, schema))  # no hint: Rows is not list
             return tables | "Write" >> beam.io.WriteToParquetBatched(self.prefix, schema, **common)
         conformed = rows | "Conform" >> beam.Map(lambda r: {n: r.get(n) for n in names})
         return conformed | "Write" >> beam.io.WriteToParquet(self.prefix, schema, **common)

@@ -219,7 +219,7 @@ def test_dedup_stage_matches_the_plain_loop():
     for by in MODES:  # one pipeline for the three modes: each run costs a second or two to start
         kept, rejected = dedup_pure(CANDS, DedupConfig(by=by))
         counts.update({"kept": len(kept)} | Counter(r[fields.REASON] for r in rejected))
-        out = cands | f"Dedup_{by}" >> DedupCandidates(DedupConfig(by=by), rows_per_partition=5)  # 4 partitions
+        out = cands | f"Dedup_{by}" >> DedupCandidates(DedupConfig(by=by), rows_per_partition=5)  # 16 partitions
         assert_that(_beam_verdicts(out, by), equal_to(sorted(_verdicts(kept, rejected).items())), label=f"Check_{by}")
     result = p.run()
     result.wait_until_finish()
@@ -299,7 +299,7 @@ def test_exclude_seen_stage(earlier, img2dataset_output):
     expected = sorted(_exclude_expected(earlier, img2dataset_output).items())
     with TestPipeline(runner="FnApiRunner") as p:
         cands = p | beam.Create(list(batched(EXCLUDE_CANDS, 4)))
-        out = cands | "Exclude" >> ExcludeSeen([earlier, img2dataset_output], rows_per_partition=4)  # 3 partitions
+        out = cands | "Exclude" >> ExcludeSeen([earlier, img2dataset_output], rows_per_partition=4)  # 16 partitions
         assert_that(_beam_verdicts(out, "two"), equal_to(expected), label="CheckTwo")
         nothing = cands | "ExcludeNothing" >> ExcludeSeen([])
         all_kept = [(c[fields.KEY], ("kept",)) for c in EXCLUDE_CANDS]
