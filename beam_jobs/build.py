@@ -39,9 +39,10 @@ from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
 
 REJECTED = "rejected"
 WORK_DIR = ".build"  # staging inside OUT: hidden, and removed once the dataset is complete
-# What image dedup reads of each fetched sample: its hashes, and what a rejection row carries.
+# What image dedup reads of each fetched sample: its hashes and signals, and what a rejection row carries.
 _DEDUP_COLUMNS = [fields.KEY, fields.URL, fields.CAPTION, fields.PAGE_URL, fields.SOURCE, fields.SOURCE_ROW,
-                  fields.SHA256, fields.PHASH]  # fmt: skip
+                  fields.SHA256, fields.PHASH, fields.ORIGINAL_WIDTH, fields.ORIGINAL_HEIGHT,
+                  fields.COLOUR_SIG]  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +125,9 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options,
 
 
 def _dedup_rows(path: str) -> Iterator[dict]:
-    yield from pq.read_table(path, columns=_DEDUP_COLUMNS).to_pylist()
+    # A staging shard from before colour_sig existed lacks the column: its rows read as null, which never vetoes.
+    names = set(pq.read_schema(path).names)
+    yield from pq.read_table(path, columns=[c for c in _DEDUP_COLUMNS if c in names]).to_pylist()
 
 
 def _samples(shard: tuple[str, str]) -> Iterator[tuple[str, tuple[dict, bytes]]]:

@@ -24,6 +24,7 @@ IMAGE_FORMAT = "image_format"  # extension of the stored image member: jpg, png 
 BYTES = "bytes"  # size of the stored image member
 SHA256 = "sha256"  # of the original bytes as fetched (exact-duplicate and blocklist key)
 PHASH = "phash"  # 64-bit perceptual hash of the image, for near-duplicate detection
+COLOUR_SIG = "colour_sig"  # mean colour of the image's quadrants, packed (pipeline.fetch.image.colour_signature)
 LANG = "lang"
 LANG_SCORE = "lang_score"
 MATCHED_ENTRIES = "matched_entries"  # query-list entries the caption matched (WIT balancing)

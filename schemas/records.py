@@ -39,6 +39,7 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field(f.BYTES, pa.int64()),
         pa.field(f.SHA256, pa.string()),
         pa.field(f.PHASH, pa.uint64()),
+        pa.field(f.COLOUR_SIG, pa.int64()),  # null in datasets written before schema 1.1
         pa.field(f.LANG, pa.string()),
         pa.field(f.LANG_SCORE, pa.float32()),
         pa.field(f.MATCHED_ENTRIES, pa.list_(pa.string())),

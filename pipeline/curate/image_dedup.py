@@ -7,15 +7,22 @@ seen_before > duplicate_image > near_duplicate_image > kept.
    with the set's reason before any deduplication, so it can neither survive a group nor link two others.
    References are joined on sha256 and on phash bands (CoGroupByKey), never broadcast as a side input.
 2. Exact duplicates: per sha256 the smallest key survives; the others are rejected with its key as detail.
-3. Near duplicates: the exact survivors' phashes are banded (pipeline.curate.lsh) into verified pairs within k bits,
-   and the pairs plus the exact (survivor, duplicate) links form a graph whose connected components
-   (pipeline.curate.components) are the groups. Grouping is transitive: A~B and B~C group A with C even when A and C
-   are more than k bits apart. The smallest key of a group survives with dup_group set to its own key; the others
-   are rejected as near duplicates of it (exact duplicates keep duplicate_image, detail their byte-identical
-   survivor). The `groups` output lists (group, member key) for every group of two or more.
+3. Near duplicates: the exact survivors' phashes are banded (pipeline.curate.lsh) into verified pairs within k bits
+   that no signal vetoes (see Signals), and the pairs plus the exact (survivor, duplicate) links form a graph whose
+   connected components (pipeline.curate.components) are the groups. Grouping is transitive: A~B and B~C group A
+   with C even when A and C are more than k bits apart (or would be vetoed). The smallest key of a group survives
+   with dup_group set to its own key; the others are rejected as near duplicates of it (exact duplicates keep
+   duplicate_image, detail their byte-identical survivor). The `groups` output lists (group, member key) for every
+   group of two or more.
 
-Only rows travel (key, sha256, phash in the shuffles, the full row in the final join by key): the caller joins the
-image bytes back to the `kept` rows by key.
+Signals: "within k bits" is the candidate rule, but a 64-bit grey hash of a plain shape on a plain background also
+matches other pictures laid out alike. A candidate pair (sample-sample or sample-reference) is vetoed when the
+original aspect ratios differ by more than a crop could make them (max_aspect_change) or a quadrant's mean colour
+differs by more than re-encoding and cropping move it (max_colour_change, on the colour_sig field). A signal missing
+on either side (a blocklisted phash, a row from an older dataset) never vetoes.
+
+Only rows travel (key, sha256, phash and signals in the shuffles, the full row in the final join by key): the caller
+joins the image bytes back to the `kept` rows by key.
 """
 
 from collections import defaultdict
@@ -28,8 +35,18 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.curate.components import ConnectedComponents, UnionFind
-from pipeline.curate.image_refs import PRECEDENCE, ReferenceSet
-from pipeline.curate.lsh import NearMatches, NearPairs, as_hashes, band_masks, cross_pairs, self_pairs
+from pipeline.curate.image_refs import PRECEDENCE, ReferenceSet, RefHash
+from pipeline.curate.lsh import (
+    NearMatches,
+    NearPairs,
+    as_hashes,
+    as_signals,
+    band_masks,
+    cross_pairs,
+    distinct_nodes,
+    self_pairs,
+)
+from pipeline.fetch.image import colour_distance
 from pipeline.rejection import rejection_row
 from schemas import fields, reasons
 
@@ -37,10 +54,12 @@ REJECTED = "rejected"
 GROUPS = "groups"
 _PRIVATE_KEEP = (fields.KEY, fields.STAGE, fields.REASON, fields.DETAIL)
 
-# (key, sha256, phash): all the shuffles carry. Spelled as a bare tuple on purpose: a typed int field would make
-# Beam pick VarIntCoder (signed 64-bit), which cannot hold a uint64 phash.
+# (key, sha256, phash, signals): all the shuffles carry. Spelled as a bare tuple on purpose: a typed int field would
+# make Beam pick VarIntCoder (signed 64-bit), which cannot hold a uint64 phash.
 Slim = tuple
 Hit = tuple[int, str]  # (rank in PRECEDENCE, detail): min() picks the outcome that wins
+# (original width, original height, colour_sig), 0, 0 and -1 standing for unknown: int64 columns lsh can carry.
+Signals = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -52,10 +71,21 @@ class ImageDedupConfig:
     bucket_bits: int = 8  # 2**bucket_bits shuffle groups per band; raise with the corpus so a group fits a worker
     fallback_cap: int = 1_000_000  # edges one worker may finish if the rounds did not converge; beyond, fail
     partitions: int = 16  # shuffle groups of the component rounds; raise so edges / partitions fit a worker
+    # The vetoes (None turns one off), chosen from benchmarks/near_dup_quality.py's "signals":
+    # |ln| of the ratio of two original aspect ratios beyond which a candidate pair is not one picture: cropping up
+    # to 6% a side stays within 0.13 (ln 1/0.88); the synthetic web's copies reach 0.11.
+    max_aspect_change: float | None = 0.13
+    # colour_sig steps any quadrant's Y, Cb or Cr may differ by: copies move a field by 3 steps at most (12 of 4,000
+    # measured reach 3); most different pictures whose hashes collide differ by 4 or more.
+    max_colour_change: int | None = 3
 
     def __post_init__(self) -> None:
         if not 0 <= self.k <= 15:
             raise ValueError(f"k must be between 0 and 15 bits, got {self.k}")
+        if self.max_aspect_change is not None and not self.max_aspect_change >= 0:
+            raise ValueError(f"max_aspect_change must be None or at least 0, got {self.max_aspect_change}")
+        if self.max_colour_change is not None and not 0 <= self.max_colour_change <= 31:
+            raise ValueError(f"max_colour_change must be None or between 0 and 31, got {self.max_colour_change}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
         if not 0 <= self.bucket_bits <= 24:
@@ -65,9 +95,39 @@ class ImageDedupConfig:
         if self.partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {self.partitions}")
 
+    def veto(self) -> "SignalVeto":
+        return SignalVeto(self.max_aspect_change, self.max_colour_change)
+
+
+@dataclass(frozen=True)
+class SignalVeto:
+    """Vetoes candidate pairs whose signals (rows of Signals) say they are different pictures; picklable, so that the
+    Beam verify step applies exactly what the union-find reference does."""
+
+    max_aspect_change: float | None
+    max_colour_change: int | None
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        vetoed = np.zeros(len(a), bool)
+        if self.max_aspect_change is not None:
+            known = (a[:, 0] > 0) & (a[:, 1] > 0) & (b[:, 0] > 0) & (b[:, 1] > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                change = np.abs(np.log(a[:, 0] * b[:, 1] / (a[:, 1] * b[:, 0])))
+            vetoed |= known & (change > self.max_aspect_change)
+        if self.max_colour_change is not None:
+            known = (a[:, 2] >= 0) & (b[:, 2] >= 0)
+            vetoed |= known & (colour_distance(a[:, 2], b[:, 2]) > self.max_colour_change)
+        return vetoed
+
+
+def signals(width: int | None, height: int | None, colour: int | None) -> Signals:
+    """A sample's or reference's Signals, unknown values (None) as the placeholders SignalVeto skips."""
+    return width or 0, height or 0, -1 if colour is None else colour
+
 
 def slim(row: dict) -> Slim:
-    return row[fields.KEY], row.get(fields.SHA256), row.get(fields.PHASH)
+    sig = signals(row.get(fields.ORIGINAL_WIDTH), row.get(fields.ORIGINAL_HEIGHT), row.get(fields.COLOUR_SIG))
+    return row[fields.KEY], row.get(fields.SHA256), row.get(fields.PHASH), sig
 
 
 def decide(row: dict, hit: Hit | None, duplicate_of: str | None, group: str | None) -> tuple[str, dict]:
@@ -95,39 +155,59 @@ def split_exact(members: Iterable[Slim]) -> tuple[Slim, list[str]]:
     return first, [m[0] for m in rest]
 
 
-def reference_hits_pure(slims: Sequence[Slim], k: int, references: Sequence[ReferenceSet]) -> dict[str, Hit]:
-    """{key: winning hit} for samples matching a reference set exactly (sha256) or within k bits (phash)."""
+def ref_signals(h: RefHash) -> Signals:
+    return signals(h.width, h.height, h.colour)
+
+
+def _verified(pairs: tuple[np.ndarray, np.ndarray], a: np.ndarray, b: np.ndarray, veto: SignalVeto) -> Iterator:
+    """The (i, j) of `pairs` that `veto` lets through, a and b being the signals of the i and j sides."""
+    i, j = pairs
+    keep = ~veto(a[i], b[j])
+    return zip(i[keep].tolist(), j[keep].tolist(), strict=True)
+
+
+def reference_hits_pure(
+    slims: Sequence[Slim], cfg: ImageDedupConfig, references: Sequence[ReferenceSet]
+) -> dict[str, Hit]:
+    """{key: winning hit} for samples matching a reference set exactly (sha256) or within k bits (phash) with no
+    signal vetoing the pair."""
     by_sha: dict[str, Hit] = {}
-    by_phash: dict[int, Hit] = {}
+    by_node: dict[tuple[int, Signals], Hit] = {}
     for ref in references:
         for h in ref.hashes():
             hit = (ref.rank, h.detail)
             if h.sha256 is not None:
                 by_sha[h.sha256] = min(hit, by_sha.get(h.sha256, hit))
             if h.phash is not None:
-                by_phash[h.phash] = min(hit, by_phash.get(h.phash, hit))
+                node = (h.phash, ref_signals(h))
+                by_node[node] = min(hit, by_node.get(node, hit))
     hits = {s[0]: by_sha[s[1]] for s in slims if s[1] in by_sha}
     hashed = [s for s in slims if s[2] is not None]
-    if by_phash and hashed:
-        refs = sorted(by_phash)
-        uniq, inv = np.unique(as_hashes(s[2] for s in hashed), return_inverse=True)
+    if by_node and hashed:
+        refs = sorted(by_node)
+        ref_sigs = as_signals((n[1] for n in refs), len(refs))
+        hashes, sigs = as_hashes(s[2] for s in hashed), as_signals((s[3] for s in hashed), len(hashed))
+        first, inv = distinct_nodes(hashes, sigs)
+        pairs = cross_pairs(hashes[first], as_hashes(n[0] for n in refs), cfg.k, band_masks(cfg.k))
         best: dict[int, Hit] = {}
-        for i, j in zip(*(a.tolist() for a in cross_pairs(uniq, as_hashes(refs), k, band_masks(k))), strict=True):
-            best[i] = min(by_phash[refs[j]], best.get(i, by_phash[refs[j]]))
+        for i, j in _verified(pairs, sigs[first], ref_sigs, cfg.veto()):
+            best[i] = min(by_node[refs[j]], best.get(i, by_node[refs[j]]))
         for s, u in zip(hashed, inv.tolist(), strict=True):
             if u in best:
                 hits[s[0]] = min(best[u], hits.get(s[0], best[u]))
     return hits
 
 
-def near_links_pure(slims: Sequence[Slim], k: int, uf: UnionFind) -> None:
-    """Union samples with identical phashes, and representatives of phashes within k bits."""
+def near_links_pure(slims: Sequence[Slim], cfg: ImageDedupConfig, uf: UnionFind) -> None:
+    """Union samples with identical phashes and signals, and representatives within k bits that no signal vetoes."""
     hashed = sorted(s for s in slims if s[2] is not None)
-    uniq, first, inv = np.unique(as_hashes(s[2] for s in hashed), return_index=True, return_inverse=True)
+    hashes, sigs = as_hashes(s[2] for s in hashed), as_signals((s[3] for s in hashed), len(hashed))
+    first, inv = distinct_nodes(hashes, sigs)
     for s, u in zip(hashed, inv.tolist(), strict=True):
         if s[0] != hashed[first[u]][0]:
             uf.union(s[0], hashed[first[u]][0])
-    for i, j in zip(*(a.tolist() for a in self_pairs(uniq, k, band_masks(k))), strict=True):
+    reps = sigs[first]
+    for i, j in _verified(self_pairs(hashes[first], cfg.k, band_masks(cfg.k)), reps, reps, cfg.veto()):
         uf.union(hashed[first[i]][0], hashed[first[j]][0])
 
 
@@ -143,7 +223,7 @@ def dedup_images_pure(
     """The whole stage in one process (union-find): the reference DedupImages is tested against."""
     rows = list(rows)
     slims = [slim(r) for r in rows]
-    hits = reference_hits_pure(slims, cfg.k, references)
+    hits = reference_hits_pure(slims, cfg, references)
     rest = [s for s in slims if s[0] not in hits]
     uf, duplicate_of = UnionFind(), {}
     if cfg.exact:
@@ -159,7 +239,7 @@ def dedup_images_pure(
                 uf.union(first[0], key)
         rest = survivors
     if cfg.near:
-        near_links_pure(rest, cfg.k, uf)
+        near_links_pure(rest, cfg, uf)
     labels = uf.labels()
     result = DedupResult([], [], [])
     for row in rows:
@@ -183,6 +263,13 @@ def _exact_hits(element: tuple) -> Iterator[tuple[str, Hit]]:
         best = min(groups["refs"])
         for key in groups["keys"]:
             yield key, best
+
+
+def _ref_node(read: tuple[Hit, RefHash]) -> Iterator[tuple[Any, Hit]]:  # an untyped key: see Slim
+    """((phash, signals), hit) of a reference with a phash: references alike in both are matched once."""
+    hit, h = read
+    if h.phash is not None:
+        yield (h.phash, ref_signals(h)), hit
 
 
 def _unmatched(element: tuple) -> Iterator[Slim]:
@@ -244,12 +331,12 @@ class DedupImages(beam.PTransform):
         } | "JoinSha" >> beam.CoGroupByKey()
         ref_phashes = (
             refs
-            | "RefPhash" >> beam.FlatMap(lambda r: [(r[1].phash, r[0])] if r[1].phash is not None else [])
-            | "OnePerPhash" >> beam.CombinePerKey(min)
-            | "PayloadFirst" >> beam.KvSwap()
+            | "RefNode" >> beam.FlatMap(_ref_node)
+            | "OnePerNode" >> beam.CombinePerKey(min)
+            | "PayloadFirst" >> beam.Map(lambda node_hit: (node_hit[1], *node_hit[0]))
         )
-        queries = slims | "SamplePhash" >> beam.FlatMap(lambda s: [(s[0], s[2])] if s[2] is not None else [])
-        near = (queries, ref_phashes) | "MatchRefs" >> NearMatches(self.cfg.k, self.cfg.bucket_bits)
+        queries = slims | "SamplePhash" >> beam.FlatMap(lambda s: [(s[0], s[2], s[3])] if s[2] is not None else [])
+        near = (queries, ref_phashes) | "MatchRefs" >> NearMatches(self.cfg.k, self.cfg.bucket_bits, self.cfg.veto())
         return (
             (exact | "ExactHits" >> beam.FlatMap(_exact_hits), near)
             | "AllHits" >> beam.Flatten()
@@ -272,8 +359,8 @@ class DedupImages(beam.PTransform):
             duplicates = split.duplicates
             edges.append(duplicates | "ExactEdges" >> beam.KvSwap())
         if cfg.near:
-            nodes = slims | "Phashes" >> beam.FlatMap(lambda s: [(s[0], s[2])] if s[2] is not None else [])
-            edges.append(nodes | "NearPairs" >> NearPairs(cfg.k, cfg.bucket_bits))
+            nodes = slims | "Phashes" >> beam.FlatMap(lambda s: [(s[0], s[2], s[3])] if s[2] is not None else [])
+            edges.append(nodes | "NearPairs" >> NearPairs(cfg.k, cfg.bucket_bits, cfg.veto()))
         if not edges:
             return duplicates, None
         return duplicates, (

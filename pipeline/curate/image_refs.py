@@ -13,9 +13,11 @@ from typing import NamedTuple
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.fetch.image import phash, to_rgb
+from pipeline.fetch.image import image_signals, to_rgb
 from pipeline.shard_reader import list_shards
 from schemas import fields, reasons
+from schemas.records import SCHEMA_VERSION_KEY
+from schemas.version import phash_comparable
 
 # Which outcome wins when several apply to one sample: the first listed. Reference matches come first, so a sample
 # that matches one is removed before deduplication and never survives a group.
@@ -33,11 +35,15 @@ _PHASH = re.compile(r"^[0-9a-f]{16}$")
 
 
 class RefHash(NamedTuple):
-    """One reference: the sha256 of its bytes and/or its 64-bit phash, and what a match reports as detail."""
+    """One reference: the sha256 of its bytes and/or its 64-bit phash, what a match reports as detail, and the
+    signals that can veto a phash match (original size, colour signature) where known: a blocklist has none."""
 
     sha256: str | None
     phash: int | None
     detail: str
+    width: int | None = None
+    height: int | None = None
+    colour: int | None = None
 
 
 def blocklist_entry(line: str, where: str) -> RefHash | None:
@@ -71,16 +77,19 @@ def eval_images(root: str | os.PathLike) -> list[Path]:
 
 
 def eval_image_hash(path: str | os.PathLike, root: str | os.PathLike) -> RefHash:
-    """sha256 of the file and phash of the picture as the fetch stage computes it (RGB, orientation applied)."""
+    """sha256 of the file, and phash, size and colour signature of the picture as the fetch stage computes them
+    (RGB, orientation applied)."""
     path = Path(path)
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            ph = phash(to_rgb(img))
+            rgb = to_rgb(img)
+            ph, colour = image_signals(rgb)
     except Exception as e:  # an eval image we cannot read would leave a hole in decontamination: say so
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    return RefHash(hashlib.sha256(data).hexdigest(), ph, path.relative_to(root).as_posix())
+    detail = path.relative_to(root).as_posix()
+    return RefHash(hashlib.sha256(data).hexdigest(), ph, detail, rgb.width, rgb.height, colour)
 
 
 def eval_hashes(root: str | os.PathLike) -> list[RefHash]:
@@ -94,16 +103,30 @@ def dataset_parquets(path: str | os.PathLike) -> list[Path]:
     return [root / s.parquet.path for s in list_shards(root) if (root / s.parquet.path).is_file()]
 
 
+_REF_COLUMNS = (
+    fields.KEY,
+    fields.SHA256,
+    fields.PHASH,
+    fields.ORIGINAL_WIDTH,
+    fields.ORIGINAL_HEIGHT,
+    fields.COLOUR_SIG,
+)
+
+
 def parquet_hashes(parquet: str | os.PathLike, label: str) -> Iterator[RefHash]:
-    """sha256 and phash of each row of one shard Parquet (img2dataset's has no phash), detail `label/key`."""
-    names = set(pq.read_schema(parquet).names)
-    table = pq.read_table(parquet, columns=[c for c in (fields.KEY, fields.SHA256, fields.PHASH) if c in names])
-    cols = {c: table.column(c).to_pylist() for c in table.column_names}
+    """sha256, phash and signals of each row of one shard Parquet, detail `label/key`. img2dataset's has no phash,
+    and one of ours from before phash was redefined (schema 1.0) has one we cannot compare: both match on sha256."""
+    schema = pq.read_schema(parquet)
+    version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+    columns = [c for c in _REF_COLUMNS if c in schema.names]
+    if not phash_comparable(version.decode() if version else None):
+        columns = [c for c in columns if c not in (fields.PHASH, fields.COLOUR_SIG)]
+    table = pq.read_table(parquet, columns=columns)
     n = table.num_rows
-    keys, shas, phs = (cols.get(c, [None] * n) for c in (fields.KEY, fields.SHA256, fields.PHASH))
-    for key, sha, ph in zip(keys, shas, phs, strict=True):
+    cols = [table.column(c).to_pylist() if c in columns else [None] * n for c in _REF_COLUMNS]
+    for key, sha, ph, width, height, colour in zip(*cols, strict=True):
         if sha is not None or ph is not None:
-            yield RefHash(sha, ph, f"{label}/{key}")
+            yield RefHash(sha, ph, f"{label}/{key}", width, height, colour)
 
 
 def dataset_hashes(path: str | os.PathLike) -> list[RefHash]:

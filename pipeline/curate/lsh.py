@@ -10,10 +10,14 @@ buckets per band), and a batch of hashes travels as one numpy chunk per bucket i
 a few thousand chunks, not k+1 elements per hash. Each group sorts its hashes by band value and verifies the
 pairs within equal values by popcount; a pair sharing several bands is reported only by the first of them.
 The edges found here become groups in pipeline.curate.components.
+
+A node may carry a row of int64 signals beside its hash, and a veto (a function of both sides' signals) drops pairs
+the hash alone would accept; nodes are then identical only when hash and signals both are (every node of one search
+carries signals of the same width).
 """
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -25,6 +29,8 @@ ALL_BITS = (1 << HASH_BITS) - 1
 PAIR_CAP = 1 << 20  # pairs one run may compare all-against-all before it is split on its remaining bits
 _CHUNK = 1 << 22  # candidate pairs materialized at once
 Pair = tuple[Any, Any]  # (key, value) as Beam wants it spelled out
+# (signals of one side, signals of the other) -> True where the pair is not a match after all; one row per pair.
+Veto = Callable[[np.ndarray, np.ndarray], np.ndarray]
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads band values evenly over shuffle groups
 
 
@@ -49,6 +55,21 @@ def band_masks(k: int) -> list[int]:
 
 def as_hashes(values: Iterable[int]) -> np.ndarray:
     return np.fromiter(values, dtype=np.uint64)
+
+
+def as_signals(rows: Iterable[Sequence[int]], n: int) -> np.ndarray:
+    """(n, width) int64 signals of n nodes (width 0 when nodes carry none)."""
+    return np.array(list(rows), dtype=np.int64).reshape(n, -1)
+
+
+def distinct_nodes(hashes: np.ndarray, signals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the index of the first node of each distinct (hash, signals) row, and each node's row."""
+    if signals is None or signals.shape[1] == 0 or (signals == signals[:1]).all():  # hashes alone tell nodes apart
+        _, first, inv = np.unique(hashes, return_index=True, return_inverse=True)
+    else:
+        rows = np.column_stack([hashes.view(np.int64), signals])
+        _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    return first, inv.reshape(-1)
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -181,12 +202,15 @@ def band_buckets(hashes: np.ndarray, k: int, bucket_bits: int) -> Iterator[tuple
                 yield (b, int(part[idx[0]])), idx
 
 
-def bucket_edges(band: int, hashes: np.ndarray, ids: Sequence, k: int) -> list[Pair]:
-    """Edges found in one (band, bucket) group: stars joining the ids of identical hashes (in band 0 only, since
-    identical hashes meet in every band), and (id, id) for distinct hashes within k bits whose first shared band
-    is `band`, so each pair is reported by exactly one group."""
+def bucket_edges(
+    band: int, hashes: np.ndarray, ids: Sequence, k: int, signals: np.ndarray | None = None, veto: Veto | None = None
+) -> list[Pair]:
+    """Edges found in one (band, bucket) group: stars joining the ids of identical nodes (in band 0 only, since
+    identical hashes meet in every band), and (id, id) for distinct nodes within k bits, not vetoed, whose first
+    shared band is `band`, so each pair is reported by exactly one group."""
     masks = band_masks(k)
-    uniq, first, inv = np.unique(hashes, return_index=True, return_inverse=True)
+    first, inv = distinct_nodes(hashes, signals)
+    uniq = hashes[first]
     edges = []
     if band == 0 and len(uniq) < len(hashes):
         same = defaultdict(list)
@@ -197,19 +221,31 @@ def bucket_edges(band: int, hashes: np.ndarray, ids: Sequence, k: int) -> list[P
             edges += [(m, v) for v in members if v != m]
     i, j = self_pairs(uniq, k, [masks[band]])
     keep = first_band(uniq[i], uniq[j], masks) == band
+    if veto is not None:
+        keep &= ~veto(signals[first[i]], signals[first[j]])
     edges += [(ids[a], ids[b]) for a, b in zip(first[i[keep]].tolist(), first[j[keep]].tolist(), strict=True)]
     return edges
 
 
 def bucket_matches(
-    band: int, hashes: np.ndarray, ids: Sequence, ref_hashes: np.ndarray, payloads: Sequence, k: int
+    band: int,
+    hashes: np.ndarray,
+    ids: Sequence,
+    ref_hashes: np.ndarray,
+    payloads: Sequence,
+    k: int,
+    signals: tuple[np.ndarray, np.ndarray] | None = None,
+    veto: Veto | None = None,
 ) -> list[Pair]:
-    """(id, payload) for each id whose hash is within k bits of a reference hash first met in `band`; the smallest
-    payload when several references match."""
+    """(id, payload) for each id whose hash is within k bits of a reference hash first met in `band` (and not vetoed
+    on `signals`: the queries', the references'); the smallest payload when several references match."""
     masks = band_masks(k)
-    uniq, inv = np.unique(hashes, return_inverse=True)
+    first, inv = distinct_nodes(hashes, None if signals is None else signals[0])
+    uniq = hashes[first]
     i, j = cross_pairs(uniq, ref_hashes, k, [masks[band]])
     keep = first_band(uniq[i], ref_hashes[j], masks) == band
+    if veto is not None:
+        keep &= ~veto(signals[0][first[i]], signals[1][j])
     best: dict[int, Any] = {}
     for a, b in zip(i[keep].tolist(), j[keep].tolist(), strict=True):
         if a not in best or payloads[b] < best[a]:
@@ -221,8 +257,8 @@ def bucket_matches(
 
 
 class _ToBuckets(beam.DoFn):
-    """A batch of (label, hash) -> ((band, bucket), (hashes, labels)) chunks: one shuffled element per bucket the
-    batch touches rather than k+1 per hash."""
+    """A batch of (label, hash[, signals]) -> ((band, bucket), (hashes, signals, labels)) chunks: one shuffled
+    element per bucket the batch touches rather than k+1 per hash."""
 
     def __init__(self, k: int, bucket_bits: int):
         self.k, self.bucket_bits = k, bucket_bits
@@ -230,32 +266,34 @@ class _ToBuckets(beam.DoFn):
     def process(self, batch: list[tuple]) -> Iterator[Pair]:
         labels = [e[0] for e in batch]
         hashes = as_hashes(e[1] for e in batch)
+        signals = as_signals((e[2] if len(e) > 2 else () for e in batch), len(batch))
         for key, idx in band_buckets(hashes, self.k, self.bucket_bits):
-            yield key, (hashes[idx], [labels[i] for i in idx.tolist()])
+            yield key, (hashes[idx], signals[idx], [labels[i] for i in idx.tolist()])
 
 
-def _concat(chunks: Iterable[tuple]) -> tuple[np.ndarray, list]:
-    chunks = list(chunks)
-    if not chunks:
-        return np.empty(0, np.uint64), []
-    return np.concatenate([c[0] for c in chunks]), [label for c in chunks for label in c[1]]
+def _concat(chunks: list[tuple]) -> tuple[np.ndarray, np.ndarray, list]:
+    return (
+        np.concatenate([c[0] for c in chunks]),
+        np.concatenate([c[1] for c in chunks]),
+        [label for c in chunks for label in c[2]],
+    )
 
 
-def _group_edges(element: tuple, k: int) -> list[Pair]:
+def _group_edges(element: tuple, k: int, veto: Veto | None) -> list[Pair]:
     (band, _), chunks = element
-    hashes, ids = _concat(chunks)
-    edges = bucket_edges(band, hashes, ids, k)
+    hashes, signals, ids = _concat(list(chunks))
+    edges = bucket_edges(band, hashes, ids, k, signals, veto)
     Metrics.counter("lsh", "edges").inc(len(edges))
     return edges
 
 
-def _group_matches(element: tuple, k: int) -> list[Pair]:
+def _group_matches(element: tuple, k: int, veto: Veto | None) -> list[Pair]:
     (band, _), groups = element
     if not groups["queries"] or not groups["refs"]:
         return []
-    hashes, ids = _concat(groups["queries"])
-    ref_hashes, payloads = _concat(groups["refs"])
-    return bucket_matches(band, hashes, ids, ref_hashes, payloads, k)
+    hashes, signals, ids = _concat(list(groups["queries"]))
+    ref_hashes, ref_signals, payloads = _concat(list(groups["refs"]))
+    return bucket_matches(band, hashes, ids, ref_hashes, payloads, k, (signals, ref_signals), veto)
 
 
 def _bucketed(pcoll: beam.PCollection, k: int, bucket_bits: int, label: str) -> beam.PCollection:
@@ -267,29 +305,31 @@ def _bucketed(pcoll: beam.PCollection, k: int, bucket_bits: int, label: str) -> 
 
 
 class NearPairs(beam.PTransform):
-    """(id, 64-bit hash) -> edges (id, id) joining ids whose hashes are within k bits (identical ones included).
+    """(id, 64-bit hash[, signals]) -> edges (id, id) joining ids whose hashes are within k bits (identical ones
+    included) unless `veto` rejects their signals.
 
     2**bucket_bits shuffle groups per band: raise it with the corpus so that one group fits a worker."""
 
-    def __init__(self, k: int, bucket_bits: int):
+    def __init__(self, k: int, bucket_bits: int, veto: Veto | None = None):
         super().__init__()
-        self.k, self.bucket_bits = k, bucket_bits
+        self.k, self.bucket_bits, self.veto = k, bucket_bits, veto
 
     def expand(self, nodes: beam.PCollection) -> beam.PCollection:
         return (
             _bucketed(nodes, self.k, self.bucket_bits, "")
             | "GroupBands" >> beam.GroupByKey()
-            | "Verify" >> beam.FlatMap(_group_edges, self.k)
+            | "Verify" >> beam.FlatMap(_group_edges, self.k, self.veto)
         )
 
 
 class NearMatches(beam.PTransform):
-    """(queries: (id, hash), refs: (payload, hash)) -> (id, payload) for every reference within k bits of the id's
-    hash (an id may be reported once per matching band group; combine per id downstream)."""
+    """(queries: (id, hash[, signals]), refs: (payload, hash[, signals])) -> (id, payload) for every reference within
+    k bits of the id's hash and not vetoed (an id may be reported once per matching band group; combine per id
+    downstream)."""
 
-    def __init__(self, k: int, bucket_bits: int):
+    def __init__(self, k: int, bucket_bits: int, veto: Veto | None = None):
         super().__init__()
-        self.k, self.bucket_bits = k, bucket_bits
+        self.k, self.bucket_bits, self.veto = k, bucket_bits, veto
 
     def expand(self, pcolls: Any) -> beam.PCollection:
         queries, refs = pcolls
@@ -299,5 +339,5 @@ class NearMatches(beam.PTransform):
                 "refs": _bucketed(refs, self.k, self.bucket_bits, "Refs"),
             }
             | "JoinBands" >> beam.CoGroupByKey()
-            | "Verify" >> beam.FlatMap(_group_matches, self.k)
+            | "Verify" >> beam.FlatMap(_group_matches, self.k, self.veto)
         )

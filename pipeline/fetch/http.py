@@ -405,6 +405,7 @@ def sample_from_candidate(
             fields.BYTES: len(img.data),
             fields.SHA256: img.sha256,
             fields.PHASH: img.phash,
+            fields.COLOUR_SIG: img.colour_sig,
         }
     )
     return row, img.data

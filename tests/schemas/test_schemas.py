@@ -23,6 +23,7 @@ from schemas import (
     validate_key,
 )
 from schemas.records import conform
+from schemas.version import phash_comparable
 
 
 def _sample_row(key: str) -> dict:
@@ -124,6 +125,19 @@ def test_schema_version_check():
         check_schema_version("2.0")
     with pytest.raises(SchemaVersionError, match="malformed"):
         check_schema_version(None)
+
+
+def test_phash_is_comparable_from_schema_1_1_on():
+    # 1.1 redefined phash: a 1.0 file's values are readable, but matching them against ours would mean nothing.
+    assert phash_comparable(SCHEMA_VERSION) and phash_comparable("1.1") and phash_comparable("1.12")
+    assert not any(phash_comparable(v) for v in ("1.0", None, "1", "x.y"))
+
+
+def test_sample_rows_from_before_colour_sig_read_as_null(tmp_path):
+    old = SAMPLE_SCHEMA.remove(SAMPLE_SCHEMA.get_field_index(fields.COLOUR_SIG))
+    pq.write_table(conform([_sample_row("abc")], old), tmp_path / "old.parquet")
+    back = pq.read_table(tmp_path / "old.parquet", schema=SAMPLE_SCHEMA).to_pylist()[0]
+    assert back[fields.COLOUR_SIG] is None and back[fields.PHASH] == 2**64 - 1
 
 
 def _manifest() -> DatasetManifest:

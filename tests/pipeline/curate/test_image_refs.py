@@ -4,6 +4,8 @@ import hashlib
 import io
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -13,11 +15,13 @@ from pipeline.curate.image_refs import (
     dataset_hashes,
     eval_hashes,
     load_blocklist,
+    parquet_hashes,
     reference_sets,
 )
-from pipeline.fetch.image import phash
+from pipeline.fetch.image import image_signals
 from pipeline.shards import DatasetWriter
-from schemas import fields, reasons
+from schemas import SAMPLE_SCHEMA, fields, reasons
+from schemas.records import SCHEMA_VERSION_KEY
 
 SHA = "ab" * 32
 BIG_PHASH = 0xF0E1_D2C3_B4A5_9687  # above 2**63: must survive Parquet's uint64 and Python ints intact
@@ -67,8 +71,10 @@ def test_eval_hashes_cover_every_image_under_the_folder(tmp_path):
     got = {h.detail: h for h in eval_hashes(tmp_path)}
     assert set(got) == set(files)
     for name, data in files.items():
+        picture = Image.open(io.BytesIO(data)).convert("RGB")
         assert got[name].sha256 == hashlib.sha256(data).hexdigest()
-        assert got[name].phash == phash(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert (got[name].phash, got[name].colour) == image_signals(picture)
+        assert (got[name].width, got[name].height) == (48, 40)  # what the veto compares aspect ratios by
     ref = ReferenceSet(reasons.EVAL_CONTAMINATION, str(tmp_path))
     assert len(ref.units()) == 3 and sorted(ref.hashes()) == sorted(got.values())
 
@@ -90,6 +96,26 @@ def test_dataset_hashes_read_the_shard_parquets_of_an_earlier_dataset(tmp_path):
     assert sorted(dataset_hashes(path)) == expected
     ref = ReferenceSet(reasons.SEEN_BEFORE, str(path))
     assert len(ref.units()) == 2 and sorted(ref.hashes()) == expected
+
+
+def test_parquet_hashes_carry_signals_and_set_aside_a_phash_from_schema_1_0(tmp_path):
+    row = {name: None for name in SAMPLE_SCHEMA.names} | {
+        fields.KEY: "k",
+        fields.URL: "http://old.test/k.jpg",
+        fields.STATUS: fields.STATUS_SUCCESS,
+        fields.SHA256: SHA,
+        fields.PHASH: BIG_PHASH,
+        fields.ORIGINAL_WIDTH: 640,
+        fields.ORIGINAL_HEIGHT: 480,
+        fields.COLOUR_SIG: 12345,
+    }
+    table = pa.Table.from_pylist([row], schema=SAMPLE_SCHEMA)
+    pq.write_table(table, tmp_path / "now.parquet")
+    assert list(parquet_hashes(tmp_path / "now.parquet", "d")) == [RefHash(SHA, BIG_PHASH, "d/k", 640, 480, 12345)]
+    # Written before phash was redefined: its phash (and the colour beside it) cannot be compared; sha256 still can.
+    old = table.replace_schema_metadata({SCHEMA_VERSION_KEY: b"1.0"})
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert list(parquet_hashes(tmp_path / "old.parquet", "d")) == [RefHash(SHA, None, "d/k", 640, 480, None)]
 
 
 def test_reference_sets_from_the_command_line_options(tmp_path):

@@ -1,4 +1,4 @@
-"""Banding and pair search on 64-bit hashes: the pigeonhole property, exactness against brute force, skew."""
+"""Banding and pair search on 64-bit hashes: the pigeonhole property, exactness against brute force, skew, vetoes."""
 
 import random
 
@@ -8,11 +8,13 @@ import pytest
 from pipeline.curate.components import components_pure
 from pipeline.curate.lsh import (
     ALL_BITS,
+    as_signals,
     band_buckets,
     band_masks,
     bucket_edges,
     bucket_matches,
     cross_pairs,
+    distinct_nodes,
     first_band,
     self_pairs,
     split_bits,
@@ -124,3 +126,39 @@ def test_bucket_matches_give_each_query_the_smallest_payload():
         m for band in range(5) for m in bucket_matches(band, hashes, ["q0", "q1", "q2"], refs, [(2, "x"), (1, "y")], 4)
     ]
     assert sorted(found) == [("q0", (1, "y")), ("q2", (1, "y"))]
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A veto on one signal column: nodes whose signal differs are not a match."""
+    return a[:, 0] != b[:, 0]
+
+
+def test_nodes_are_identical_only_when_hash_and_signals_are():
+    hashes = np.array([5, 5, 5, 7], dtype=np.uint64)
+    first, inv = distinct_nodes(hashes, as_signals([(1,), (2,), (1,), (1,)], 4))
+    assert sorted(first.tolist()) == [0, 1, 3] and inv[0] == inv[2] and len(set(inv.tolist())) == 3
+    first, inv = distinct_nodes(hashes, as_signals([(), (), (), ()], 4))  # no signals: by hash alone
+    assert sorted(first.tolist()) == [0, 3]
+
+
+def test_bucket_edges_drop_vetoed_pairs_and_join_only_identical_nodes():
+    k = 4
+    a = 0x0123_4567_89AB_CDEF
+    hashes = np.array([a, a, a, a ^ 0b1001, a ^ 0b11], dtype=np.uint64)
+    ids = ["k0", "k1", "k2", "k3", "k4"]
+    signals = as_signals([(1,), (1,), (2,), (1,), (2,)], 5)  # k2 and k4 are another picture with the same hash
+    edges = [e for band in range(k + 1) for e in bucket_edges(band, hashes, ids, k, signals, _differ)]
+    assert components_pure(edges) == {"k0": "k0", "k1": "k0", "k3": "k0", "k2": "k2", "k4": "k2"}
+    assert len(edges) == len(set(edges)) == 3  # k0-k1 (identical), k0-k3, k2-k4: each once
+
+
+def test_bucket_matches_skip_vetoed_references():
+    a = 0xFFFF_0000_FFFF_0000
+    refs = np.array([a ^ 1, a ^ 0b11], dtype=np.uint64)
+    signals = (as_signals([(1,), (2,)], 2), as_signals([(2,), (1,)], 2))  # queries', references'
+    found = [
+        m
+        for band in range(5)
+        for m in bucket_matches(band, np.array([a, a], np.uint64), ["q0", "q1"], refs, ["x", "y"], 4, signals, _differ)
+    ]
+    assert sorted(found) == [("q0", "y"), ("q1", "x")]

@@ -6,9 +6,18 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.fetch.image import ImageConfig, hamming, phash, process_image
+from pipeline.fetch import image as image_mod
+from pipeline.fetch.image import (
+    ImageConfig,
+    colour_distance,
+    colour_signature,
+    hamming,
+    image_signals,
+    phash,
+    process_image,
+)
 from pipeline.rejection import Rejected, rejection_row
 from schemas import fields, reasons
 
@@ -55,6 +64,9 @@ def test_keep_ratio_resize_and_metadata():
     assert out.ext == "jpg"
     assert Image.open(io.BytesIO(out.data)).size == (341, 256)
     assert len(out.sha256) == 64 and 0 <= out.phash < 2**64
+    data = _picture(400, 300)  # not shrunk by a draft decode: the signals are those of the picture as fetched
+    out = process_image(data, ImageConfig())
+    assert (out.phash, out.colour_sig) == image_signals(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 @pytest.mark.parametrize(("mode", "size"), [("center_crop", (128, 128)), ("border", (128, 128)), ("no", (800, 600))])
@@ -119,12 +131,53 @@ def test_phash_near_duplicates_close_and_different_images_far():
     recoded = Image.open(io.BytesIO(_picture(640, 480, quality=40)))
     smaller = original.resize((320, 240))
     cropped = original.crop((8, 6, 632, 474))
+    cropped_3pc = original.crop((19, 14, 621, 466))  # 3% a side: 6 bits with a plain 32x32 thumbnail, 2 here
     other = _scene(640, 480, seed=1)
     h = phash(original)
     assert hamming(h, phash(recoded)) <= 4
     assert hamming(h, phash(smaller)) <= 4
-    assert hamming(h, phash(cropped)) <= 8
+    assert hamming(h, phash(cropped)) <= 4
+    assert hamming(h, phash(cropped_3pc)) <= 4
     assert hamming(h, phash(other)) > 16
+
+
+def test_phash_is_the_dct_of_the_zoom_averaged_tapered_thumbnail():
+    # image_signals never builds the thumbnail; this is the computation its operators stand for, spelled out.
+    img = _scene(300, 200, seed=3)
+    small = np.asarray(img.resize((64, 64), Image.Resampling.LANCZOS, reducing_gap=2.0), np.float64)
+    grey = small @ np.array([0.299, 0.587, 0.114])
+    thumb = np.mean([z @ grey @ z.T for z in image_mod._ZOOM], axis=0)  # (32, 32)
+    window = np.outer(image_mod._WINDOW, image_mod._WINDOW)
+    low = (image_mod._DCT32 @ ((thumb - thumb.mean()) * window) @ image_mod._DCT32.T)[:8, :8].flatten()
+    bits = low > np.median(low)
+    assert phash(img) == sum(1 << (63 - i) for i, bit in enumerate(bits) if bit)
+    assert image_mod._zoom_matrix(0.0).sum(axis=1).tolist() == [1.0] * 32  # each sample an average
+    assert np.allclose(image_mod._zoom_matrix(0.25).sum(axis=1), 1.0)
+
+
+def _disc(colour: tuple[int, int, int], size: tuple[int, int] = (300, 200)) -> Image.Image:
+    img = Image.new("RGB", size, (245, 245, 245))
+    ImageDraw.Draw(img).ellipse((100, 50, 200, 150), fill=colour)
+    return img
+
+
+def test_colour_signature_tells_apart_what_the_grey_phash_cannot():
+    red, green = _disc((214, 39, 40)), _disc((44, 160, 44))  # about the same grey
+    assert hamming(phash(red), phash(green)) <= 4
+    assert colour_distance(colour_signature(red), colour_signature(green)) > 3
+    buf = io.BytesIO()
+    red.save(buf, "JPEG", quality=70)
+    recoded = Image.open(buf)
+    assert colour_distance(colour_signature(red), colour_signature(recoded)) <= 1
+    assert image_signals(red) == (phash(red), colour_signature(red))
+    assert 0 <= colour_signature(red) < 2**60  # a non-negative int64: Parquet and Beam store it as it is
+
+
+def test_colour_distance_is_the_largest_field_difference():
+    a = 3 << 55 | 7 << 10 | 1
+    assert colour_distance(a, a).item() == 0
+    assert colour_distance(a, 5 << 55 | 7 << 10 | 1).item() == 2
+    assert colour_distance(np.array([a, 0]), np.array([a ^ (31 << 20), 0])).tolist() == [31, 0]
 
 
 def test_config_validation():

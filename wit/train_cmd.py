@@ -1,0 +1,129 @@
+"""`wit train`: train CLIP on curated shards, with checkpoints that resume exactly, and zero-shot evaluation.
+
+Run it as is for one process, or under `torchrun --nproc_per_node N -m wit.cli train ...` for DDP. torch and the
+trainer are imported only when the command runs, so `wit --help` stays fast.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from wit import CommandError
+
+_EPILOG = """\
+settings are layered: defaults < --config FILE (JSON, the same names with underscores) < flags given here.
+--resume continues RUN from its last checkpoint with the settings it was started with; only --steps, --save-every,
+--keep, --log-every, --eval-dir, --eval-every, --device, --accum-freq and --compile may change. Writes RUN/config.json,
+RUN/metrics.jsonl and RUN/checkpoints/step-NNNNNNNN.pt.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train CLIP on one or more datasets (single process or under torchrun)",
+        description="Train a CLIP model on curated shards (ours or img2dataset's): AdamW with warm-up and cosine "
+        "decay, the contrastive loss over the global batch, checkpoints that resume exactly.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Every default is None, meaning "not given": the trainer's defaults, the config file or the checkpoint decide.
+    p.add_argument("--data", nargs="+", metavar="DATASET[:WEIGHT]", help="dataset folders or URLs; weights mix them")
+    p.add_argument("--model", metavar="NAME", help="a named architecture (`wit model list`) or a JSON config path")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN", help="run folder: config, metrics, checkpoints")
+    p.add_argument("--steps", type=int, metavar="N", help="total optimiser steps of the run (default 1000)")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+    p.add_argument("--config", type=Path, metavar="FILE", help="JSON file of training settings")
+    p.add_argument("--batch-size", type=int, metavar="N", help="global contrastive batch, all ranks (default 64)")
+    p.add_argument("--accum-freq", type=int, metavar="K", help="micro-batches per step, features cached (default 1)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (default 0.2)")
+    p.add_argument("--warmup", type=int, metavar="N", help="linear warm-up steps (default 100)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM", help="max gradient norm, 0 for none (default 1.0)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--seed", type=int, help="initial weights, data order and crops (default 0)")
+    p.add_argument("--workers", type=int, metavar="N", help="data loader workers per process (default 2)")
+    p.add_argument("--local-loss", action="store_const", const=True, help="each rank computes only its rows")
+    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (default 500), and at the end")
+    p.add_argument("--keep", type=int, metavar="K", help="checkpoints kept, newest first (default 3)")
+    p.add_argument("--log-every", type=int, metavar="N", help="metrics line every N steps (default 10)")
+    p.add_argument("--eval-dir", metavar="DIR", help="labelled folder (labels.parquet + images) for zero-shot")
+    p.add_argument("--eval-every", type=int, metavar="N", help="zero-shot every N steps (default: at the end only)")
+    p.set_defaults(func=run_train)
+
+
+_FLAGS = (
+    "model", "steps", "batch_size", "accum_freq", "lr", "weight_decay", "warmup", "grad_clip", "precision",
+    "compile", "device", "seed", "workers", "local_loss", "save_every", "keep", "log_every", "eval_every",
+)  # fmt: skip
+
+
+def _absolute(spec: str) -> str:
+    """Local paths made absolute, so a run resumed from another directory names the same data."""
+    if "://" in spec:
+        return spec
+    path, sep, weight = spec.rpartition(":")
+    try:
+        float(weight)
+    except ValueError:
+        return os.path.abspath(spec)
+    return f"{os.path.abspath(path)}{sep}{weight}" if sep and path else os.path.abspath(spec)
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings the user gave: the --config file's, overridden by flags on the command line."""
+    from clipmodel.train_config import load_config_file, parse_sources
+
+    given = load_config_file(args.config) if args.config else {}
+    if isinstance(given.get("data"), list | str):
+        specs = [given["data"]] if isinstance(given["data"], str) else given["data"]
+        given["data"] = [_absolute(s) if isinstance(s, str) else s for s in specs]
+    if isinstance(given.get("eval_dir"), str):
+        given["eval_dir"] = os.path.abspath(given["eval_dir"])
+    given.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None})
+    if args.data:
+        given["data"] = parse_sources([_absolute(s) for s in args.data])
+    if args.eval_dir:
+        given["eval_dir"] = os.path.abspath(args.eval_dir)
+    return given
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from clipmodel.train import train
+    from clipmodel.train_config import TrainError
+
+    try:
+        given = given_settings(args)
+        if not args.resume:
+            for name in ("data", "model"):
+                if not given.get(name):
+                    raise CommandError(f"--{name} is required for a new run (or give it in --config)")
+            _check_datasets(given["data"])
+        summary = train(given, args.out, resume=args.resume)
+    except TrainError as e:
+        raise CommandError(str(e)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        _report(summary)
+    return 0
+
+
+def _check_datasets(sources: list) -> None:
+    """A missing local dataset fails here, before any model is built."""
+    from clipmodel.train_config import DataSource
+
+    for source in sources:
+        path = source["path"] if isinstance(source, dict) else DataSource.parse(str(source)).path
+        if "://" not in path and not Path(path).exists():
+            raise CommandError(f"dataset {path} not found")
+
+
+def _report(s) -> None:
+    losses = "" if s.first_loss is None else f", loss {s.first_loss:.4f} -> {s.last_loss:.4f}"
+    print(f"trained steps {s.start_step}..{s.step} ({s.samples} samples) in {s.seconds:.1f}s{losses}")
+    if s.eval:
+        print("zero-shot: " + json.dumps({k: round(v, 4) for k, v in s.eval.items()}))
+    if s.checkpoint:
+        print(f"checkpoint: {s.checkpoint}")
