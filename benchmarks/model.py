@@ -70,9 +70,16 @@ def bench_model(name: str, batch: int, runs: int, warmup: int) -> dict:
     return row
 
 
-def bench_tokenizer() -> dict | None:
-    """Tokenizer captions/s, to go beside the encoders: merged from benchmarks/tokenizer.py (clipmodel/tokenizer.py)."""
-    return None
+def bench_tokenizer(n: int = 20_000, runs: int = 3) -> dict:
+    """Tokenizer captions/s beside the encoders: benchmarks/tokenizer.py's passes (it also compares with open_clip)."""
+    import pyarrow.parquet as pq
+    from tokenizer import LAION, _medians, make_captions, run_passes  # benchmarks/tokenizer.py, same folder
+
+    from clipmodel.tokenizer import Tokenizer
+
+    real = [t for t in pq.read_table(LAION, columns=["TEXT"]).column("TEXT").to_pylist() if t]
+    runs_, _ = run_passes(lambda: Tokenizer().tokenize, real, make_captions(real, n), runs)
+    return _medians(runs_)
 
 
 def main() -> None:

@@ -121,6 +121,9 @@ class ModifiedResNet(nn.Module):
                 nn.init.zeros_(block.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last: the layout cuDNN/oneDNN convolutions run fastest in, and the one every layer below then
+        # keeps (a convolution's output follows its input's layout); attnpool's permute is then a free view.
+        x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
         x = self.relu1(self.bn1(self.conv1(x)))  # (B, W/2, S/2, S/2)
         x = self.relu2(self.bn2(self.conv2(x)))  # (B, W/2, S/2, S/2)
         x = self.relu3(self.bn3(self.conv3(x)))  # (B, W, S/2, S/2)

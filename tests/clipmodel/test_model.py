@@ -224,3 +224,24 @@ def test_config_validation():
         CLIPConfig(128, VisionConfig(layers=2, width=128, patch_size=8), TextConfig(), activation="relu")
     with pytest.raises(ValueError, match="unknown model config keys"):
         CLIPConfig.from_dict({"embed_dim": 8, "vision": {"layers": 1, "width": 64, "patch_size": 8}, "txt": {}})
+
+
+def test_resnet_runs_channels_last_and_matches_the_contiguous_layout():
+    torch.manual_seed(0)
+    model = create_model("tiny-rn").eval()
+    visual = model.visual
+    seen = {}
+
+    def record(module, inputs, output):  # returns None: a hook's return value would replace the output
+        seen["cl"] = output.is_contiguous(memory_format=torch.channels_last)
+
+    hook = visual.layer1.register_forward_hook(record)
+    image = torch.randn(2, 3, 64, 64)  # (B, 3, S, S), contiguous NCHW
+    with torch.no_grad():
+        got = model.encode_image(image)  # (B, E)
+    hook.remove()
+    assert seen["cl"], "feature maps inside the ResNet should be channels-last"
+    assert got.shape == (2, model.visual.attnpool.c_proj.out_features)
+    with torch.no_grad():
+        again = model.encode_image(image.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, again, rtol=0, atol=0)
