@@ -148,7 +148,7 @@ def _skip(f: BinaryIO, n: int) -> None:
         f.seek(n, 1)
         return
     except (OSError, ValueError, AttributeError):
-        pass
+        pass  # not seekable (an HTTP or pipe stream through fsspec): read through the bytes instead
     while n > 0:
         chunk = f.read(min(n, 1 << 20))
         if not chunk:

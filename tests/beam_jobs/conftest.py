@@ -12,7 +12,7 @@ import pytest
 
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):
-        pass
+        pass  # one stderr line per request would bury the test output
 
 
 @pytest.fixture
