@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-all lint format bench clean
+.PHONY: demo test test-slow test-all lint format bench bench-openclip clean
 
 # torch first and pinned on CPU-only machines: the CPU build of 2.13.0 lies on these machines' disk, and an
 # unpinned torch (asked for by us or by a dependency) would pull a multi-GB CUDA build.
@@ -38,8 +38,18 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Hours on 2 cores; each writes benchmarks/results/<name>.json. The side-by-side ones with open_clip need its own
+# venv (torch 2.14.1 + torchvision + open_clip_torch; see benchmarks/README.md): set OPENCLIP_PY.
+BENCHES = fetch sources image_dedup near_dup_quality curate model loader
+OPENCLIP_PY ?= /work/openclip_venv/bin/python
 bench: $(STAMP)
-	$(PY) benchmarks/fetch.py
+	for b in $(BENCHES); do $(PY) benchmarks/$$b.py || exit 1; done
+
+bench-openclip: $(STAMP)
+	$(OPENCLIP_PY) benchmarks/openclip_parity.py
+	$(PY) benchmarks/tokenizer.py --openclip-python $(OPENCLIP_PY)
+	$(PY) benchmarks/train.py --openclip-python $(OPENCLIP_PY)
+	$(PY) benchmarks/encode.py --openclip-python $(OPENCLIP_PY)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -3,7 +3,7 @@
 import argparse
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON-serializable: {value!r}")
 
 
-def _section(cls: type, values: dict, where: str) -> Any:
+def section(cls: type, values: dict, where: str) -> Any:
     """A section's dataclass from a mapping; lists become frozensets or tuples as the field is annotated."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
@@ -80,14 +80,15 @@ def _section(cls: type, values: dict, where: str) -> Any:
         raise ValueError(f"{where}: {e}") from None
 
 
-def read_config_file(path: str | Path) -> dict:
+def read_config_file(path: str | Path, sections: Iterable[str] = SECTIONS) -> dict:
     """Sections from a YAML or JSON file (JSON is YAML); unknown sections are an error, not silently ignored."""
+    sections = list(sections)
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
-    unknown = sorted(set(data) - set(SECTIONS))
+        raise ValueError(f"{path}: expected a mapping of sections ({', '.join(sections)})")
+    unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {sections}")
     return data
 
 
@@ -153,5 +154,5 @@ def resolve(args: argparse.Namespace, typed: set[str]) -> BuildConfig:
         values = dict(file_sections.get(name) or {}) | flags[name]
         if name == "sources":
             values["pattern"] = args.candidates
-        sections[name] = _section(cls, values, f"config section {name!r}")
+        sections[name] = section(cls, values, f"config section {name!r}")
     return BuildConfig(**sections)

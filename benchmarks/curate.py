@@ -145,7 +145,9 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
         kept, rejected, balanced = _curate(read.candidates, cfg)
         _ = kept | "WriteKept" >> WriteRows(str(out / "kept"), KEPT_SCHEMA, batched=True)
         _ = rejected | "WriteRejected" >> WriteRows(str(out / "rejected"), REJECTION_SCHEMA, batched=True)
-        _ = read[REJECTED] | "WriteUnreadable" >> WriteRows(str(out / "rejected-unreadable"), REJECTION_SCHEMA)
+        # Not "rejected-unreadable": a sink deletes files matching its own prefix + "-*-of-*" when it finalizes, so
+        # the "rejected" sink would delete these.
+        _ = read[REJECTED] | "WriteUnreadable" >> WriteRows(str(out / "unreadable"), REJECTION_SCHEMA)
         _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
 
 
@@ -200,7 +202,7 @@ def measure(config: str, inputs: Path, n: int) -> tuple[dict, set[str], Counter]
     wall, rss = timed(cmd, log=WORK / "last-stderr.log")
     inner = json.loads((out / "child.json").read_text())["seconds"]
     kept = set(_column(out.glob("kept*.parquet"), fields.KEY))
-    why = Counter(_column(out.glob("rejected*.parquet"), fields.REASON))
+    why = Counter(_column([*out.glob("rejected*.parquet"), *out.glob("unreadable*.parquet")], fields.REASON))
     result = {"config": config, "n": n, "wall_s": wall, "inner_s": inner, "rows_per_s": n / wall, "peak_rss_mib": rss,
               "kept": len(kept), "rejected": sum(why.values()), "loadavg_before": load}  # fmt: skip
     return result, kept, why

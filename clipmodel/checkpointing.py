@@ -95,6 +95,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class NotATrainingCheckpoint(ValueError):
+    """A file that loads safely but is not one of our training checkpoints (a bare state dict, say)."""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, unpickled with `weights_only=True`; ValueError for anything else."""
     path = Path(path)
@@ -107,7 +111,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a wit training checkpoint")
+        raise NotATrainingCheckpoint(f"{path}: not a wit training checkpoint")
     return obj
 
 

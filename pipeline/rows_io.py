@@ -10,6 +10,9 @@ class WriteRows(beam.PTransform):
     """Dict rows -> `{prefix}-SSSSS-of-NNNNN.parquet` of `schema`; Beam writes to a temp dir and renames on finish.
 
     `batched=True` takes Rows batches (pipeline.batches) and writes each as one Arrow table, ~20x cheaper a row.
+    Two writers in one job must not have prefixes where one is the other plus "-...": on finishing, a sink deletes
+    files that match its prefix + "-*-of-*", which would take the other writer's output ("rejected" would delete
+    "rejected-source-00000-of-00001.parquet").
     """
 
     def __init__(self, prefix: str, schema: pa.Schema, num_shards: int = 0, batched: bool = False):

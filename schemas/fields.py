@@ -29,6 +29,9 @@ LANG = "lang"
 LANG_SCORE = "lang_score"
 MATCHED_ENTRIES = "matched_entries"  # query-list entries the caption matched (WIT balancing)
 DUP_GROUP = "dup_group"  # key of the duplicate group this survivor stands for, if any
+CLIP_SCORE = "clip_score"  # cosine of image and caption embeddings, by the model `wit filter` was given
+SEM_CLUSTER = "sem_cluster"  # k-means cluster of the image embedding (semantic deduplication)
+SEM_GROUP = "sem_group"  # key of the semantic-duplicate group this survivor stands for, if any
 HTTP_STATUS = "http_status"
 
 # Rejection: a candidate that did not make it, with enough to retry or audit without a join.

@@ -94,6 +94,9 @@ INVALID_KEY = _reason("invalid_key", SHARDS, "key does not match [A-Za-z0-9_-]+ 
 # model-based filtering
 LOW_CLIP_SCORE = _reason("low_clip_score", SCORE, "image-text similarity below the threshold")
 SEMANTIC_DUPLICATE = _reason("semantic_duplicate", SCORE, "embedding within the threshold of a kept sample")
+UNWANTED_CONCEPT = _reason("unwanted_concept", SCORE, "image embedding close to an unwanted-concept prompt")
+EVAL_SIMILAR = _reason("eval_similar", SCORE, "image embedding within the threshold of an evaluation image")
+NO_EMBEDDING = _reason("no_embedding", SCORE, "sample has no row in the embeddings folder (the encoder skipped it)")
 
 
 REASONS: dict[str, Reason] = dict(_ALL)

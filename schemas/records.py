@@ -44,6 +44,10 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field(f.LANG_SCORE, pa.float32()),
         pa.field(f.MATCHED_ENTRIES, pa.list_(pa.string())),
         pa.field(f.DUP_GROUP, pa.string()),
+        # Set by `wit filter` (schema 1.2); null in datasets it did not write.
+        pa.field(f.CLIP_SCORE, pa.float32()),
+        pa.field(f.SEM_CLUSTER, pa.int32()),
+        pa.field(f.SEM_GROUP, pa.string()),
     ],
     metadata=_META,
 )
@@ -83,6 +87,18 @@ BALANCE_COUNTS_SCHEMA = pa.schema(
         pa.field(f.ENTRY, pa.string(), nullable=False),
         pa.field(f.COUNT_BEFORE, pa.int64(), nullable=False),
         pa.field(f.COUNT_AFTER, pa.int64(), nullable=False),
+    ],
+    metadata=_META,
+)
+
+
+# The row metadata of an embeddings folder (metadata/metadata_NNNNN.parquet), row i describing row i of the shard's
+# img_emb/text_emb matrices: the layout clip-retrieval writes, so its tools and autofaiss read ours.
+EMBEDDING_METADATA_SCHEMA = pa.schema(
+    [
+        pa.field(f.KEY, pa.string(), nullable=False),
+        pa.field(f.CAPTION, pa.string()),
+        pa.field(f.URL, pa.string()),
     ],
     metadata=_META,
 )

@@ -1,6 +1,7 @@
 """Schema version of everything wit-builder writes, and the check readers make before trusting a file."""
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
+# 1.2: samples gained clip_score, sem_cluster and sem_group (written by `wit filter`); nothing else changed.
 # 1.1: samples gained colour_sig, and phash became the zoom-averaged pHash (pipeline.fetch.image.phash). A phash
 # written under 1.0 was computed another way: comparing it with ours says nothing, so readers set it aside.
 PHASH_SINCE = (1, 1)

@@ -83,3 +83,29 @@ def make_shapes_dataset() -> Callable[..., Path]:
 def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`write_shapes_dataset` defaults (384 pairs in 3 shards, 72 px). Read-only: other tests share it."""
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes") / "dataset")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the test: with tiny tensors a second thread only adds hand-off, which on a
+    busy 2-core machine costs seconds. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` CLIP with seeded random weights, saved as a bare state dict (the form released weights come in).
+    Load it with `clipmodel.inference.load_model(tiny_weights, arch="tiny")`."""
+    import torch
+
+    from clipmodel.factory import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(create_model("tiny").state_dict(), path)
+    return path

@@ -5,11 +5,34 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from wit import CommandError, demo_cmd, model_cmd, shards_cmd, sources_cmd, tokenizer_cmd, train_cmd, web_cmd
+from wit import (
+    CommandError,
+    demo_cmd,
+    encode_cmd,
+    eval_cmd,
+    filter_cmd,
+    model_cmd,
+    shards_cmd,
+    sources_cmd,
+    tokenizer_cmd,
+    train_cmd,
+    web_cmd,
+)
 
 # Each group module exposes `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 # A command that runs a Beam job sets `beam_args=True`: arguments it does not know go to PipelineOptions.
-GROUPS = (web_cmd, sources_cmd, shards_cmd, demo_cmd, model_cmd, tokenizer_cmd, train_cmd)
+GROUPS = (
+    web_cmd,
+    sources_cmd,
+    shards_cmd,
+    demo_cmd,
+    model_cmd,
+    tokenizer_cmd,
+    train_cmd,
+    encode_cmd,
+    eval_cmd,
+    filter_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

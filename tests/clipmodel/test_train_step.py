@@ -28,13 +28,7 @@ FP32 = Precision.resolve("fp32", torch.device("cpu"))
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly waits, and slows steps many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model() -> CLIP:

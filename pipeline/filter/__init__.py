@@ -1,0 +1,1 @@
+"""Curation with embeddings (`wit filter`): CLIP score, semantic dedup, unwanted concepts, eval decontamination."""

@@ -1,0 +1,195 @@
+"""`wit eval`: the CLIP paper's evaluations of a model: zero-shot, robustness to shift, retrieval, linear probe.
+
+torch and the evaluation code are imported only when the command runs, so `wit --help` stays fast.
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from wit import CommandError
+
+_EPILOG = """\
+labelled sets (--zeroshot, --shifts, --linear-probe) are folders holding labels.parquet (path, label[, split]) and
+the images, or image-folder trees (one subfolder per class; class name = folder name, _ and - read as spaces).
+--web WEBDIR evaluates a synthetic web's eval/ (by split: train vs held-out classes) and every eval_shift/<shift>/
+with the same classifier, reporting each shift's accuracy drop. Retrieval treats identical captions as one text.
+Results go to --out as JSON; a summary table is printed.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a CLIP model: zero-shot, robustness, retrieval Recall@K, linear probe",
+        description="Evaluate a CLIP model as the CLIP paper does: zero-shot classification with prompt ensembles, "
+        "its robustness to distribution shift, image-text retrieval, and a logistic-regression linear probe.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", metavar="SPEC", help="a `wit train` run folder, a checkpoint, or a weights file")
+    p.add_argument("--arch", metavar="NAME", help="architecture of bare weights: a named config or a JSON path")
+    p.add_argument("--zeroshot", nargs="+", action="extend", default=[], metavar="DIR", help="labelled sets")
+    p.add_argument("--web", type=Path, metavar="WEBDIR", help="a synthetic web: eval/ and every eval_shift/<shift>/")
+    p.add_argument("--shifts", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="shifted copies of the first --zeroshot set: robustness against it")  # fmt: skip
+    p.add_argument("--templates", default="default", metavar="SET", help="default, imagenet80, or a file (one a line)")
+    p.add_argument("--retrieval", metavar="EMB|DATASET", help="an embeddings folder, or a dataset to encode (--model)")
+    p.add_argument("--linear-probe", nargs=2, metavar=("TRAIN", "TEST"), help="labelled sets to fit and to test on")
+    p.add_argument("--out", type=Path, metavar="FILE.json", help="write every result here as JSON")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default 256)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="image decoding processes (default 2)")
+    p.set_defaults(func=run_eval)
+
+
+def web_eval_sets(web: Path) -> dict[str, Path]:
+    """{"eval": WEB/eval, <shift>: WEB/eval_shift/<shift>, ...} for a synthetic web, shifts in name order."""
+    from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
+
+    base = web / EVAL_DIR
+    if not (base / LABELS_FILE).is_file():
+        raise CommandError(f"--web {web}: no {EVAL_DIR}/{LABELS_FILE}; is it a synthetic web (`wit web generate`)?")
+    shift_root = web / EVAL_SHIFT_DIR
+    shifts = sorted(d for d in shift_root.iterdir() if (d / LABELS_FILE).is_file()) if shift_root.is_dir() else []
+    return {EVAL_DIR: base, **{d.name: d for d in shifts}}
+
+
+def _named(reference: str, shifts: list[str]) -> tuple[dict[str, str], str]:
+    """Sets named by folder name, or by path where two folders share a name."""
+    folders = [reference, *shifts]
+    names = [Path(f).name for f in folders]
+    if len(set(names)) != len(names):
+        names = folders
+    return dict(zip(names, folders, strict=True)), names[0]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from clipmodel.embeddings import INFO_FILE
+
+    if args.shifts and not args.zeroshot:
+        raise CommandError("--shifts needs a --zeroshot set to compare against (the first one)")
+    if not (args.zeroshot or args.web or args.retrieval or args.linear_probe):
+        raise CommandError("nothing to evaluate: give --zeroshot, --web, --retrieval or --linear-probe")
+    if args.batch_size < 1 or args.workers < 0:
+        raise CommandError("--batch-size must be >= 1 and --workers >= 0")
+    embeddings_given = args.retrieval is not None and (Path(args.retrieval) / INFO_FILE).is_file()
+    needs_model = args.zeroshot or args.web or args.linear_probe or (args.retrieval and not embeddings_given)
+    if needs_model and not args.model:
+        raise CommandError("--model is required for zero-shot, the linear probe, and retrieval on a dataset")
+    results = evaluate(args)
+    print(format_table(results))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results: {args.out}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Every evaluation the arguments ask for, as one JSON-ready dict."""
+    from clipmodel.eval import EvalConfig, evaluate_shifts, evaluate_zeroshot
+    from clipmodel.inference import load_model, resolve_device
+    from clipmodel.templates import load_templates
+    from clipmodel.zeroshot import read_labels
+
+    templates = load_templates(args.templates)
+    cfg = EvalConfig(templates=templates, batch_size=args.batch_size, workers=args.workers)
+    comparisons = []  # (sets, reference): found before the model loads, so a wrong folder fails fast
+    if args.web:
+        comparisons.append((web_eval_sets(args.web), "eval"))
+    if args.shifts:
+        comparisons.append(_named(args.zeroshot[0], args.shifts))
+    loaded = load_model(args.model, args.arch, args.device) if args.model else None
+    device = next(loaded.model.parameters()).device if loaded else resolve_device(args.device)
+    results: dict[str, Any] = {"model": None, "templates": {"set": args.templates, "count": len(templates)}}
+    model, resolution = (loaded.model, loaded.resolution) if loaded else (None, 0)
+    if loaded:
+        results["model"] = {"description": loaded.description, "weights_sha256": loaded.weights_sha256}
+    zeroshot, robustness = {}, {}
+    for sets, reference in comparisons:
+        out = evaluate_shifts(model, resolution, sets, reference, cfg, device)
+        zeroshot[str(sets[reference])] = out["reports"][reference]
+        robustness[str(sets[reference])] = out["robustness"]
+    for folder in args.zeroshot:
+        if folder not in zeroshot:
+            zeroshot[folder] = evaluate_zeroshot(model, resolution, read_labels(folder), cfg, device)
+    if zeroshot:
+        results["zeroshot"] = zeroshot
+    if robustness:
+        results["robustness"] = robustness
+    if args.retrieval:
+        results["retrieval"] = _retrieval(args, loaded, device)
+    if args.linear_probe:
+        results["linear_probe"] = _linear_probe(args, loaded, cfg, device)
+    return results
+
+
+def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
+    from clipmodel.embeddings import INFO_FILE, load_embeddings
+    from clipmodel.encode import EncodeConfig, encode_dataset
+    from clipmodel.retrieval import retrieval_report
+
+    source = Path(args.retrieval)
+    if (source / INFO_FILE).is_file():
+        emb = load_embeddings(source)
+    else:
+        with tempfile.TemporaryDirectory(prefix="wit-eval-") as tmp:
+            encode_dataset(args.retrieval, loaded, Path(tmp) / "emb", EncodeConfig(args.batch_size, args.workers))
+            emb = load_embeddings(Path(tmp) / "emb")
+    if len(emb) == 0:
+        raise CommandError(f"--retrieval {source}: no embeddings to retrieve among")
+    return {"source": str(source), **retrieval_report(emb.image, emb.text, emb.captions, device=device)}
+
+
+def _linear_probe(args: argparse.Namespace, loaded, cfg, device) -> dict[str, Any]:
+    import torch
+
+    from clipmodel.eval import image_features
+    from clipmodel.linear_probe import linear_probe
+    from clipmodel.zeroshot import read_labels
+
+    train_dir, test_dir = args.linear_probe
+    train = read_labels(train_dir)
+    test = read_labels(test_dir, train.classnames)
+
+    def features(files):
+        # Unnormalised, as the paper's probe takes the image tower's output.
+        return image_features(loaded.model, files.paths, loaded.resolution, device, cfg.batch_size, cfg.workers,
+                              normalize=False)  # fmt: skip
+
+    report = linear_probe(
+        features(train), torch.tensor(train.targets), features(test), torch.tensor(test.targets), len(train.classnames)
+    )
+    return {"train": train_dir, "test": test_dir, **report}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A few lines a person reads: one row per set or direction, the headline numbers only."""
+    lines = []
+    if results.get("model"):
+        lines.append(f"model: {results['model']['description']}")
+    for folder, r in results.get("zeroshot", {}).items():
+        templates = f"{r['templates']} template{'s' if r['templates'] != 1 else ''}"
+        lines.append(f"zero-shot {folder} ({r['images']} images, {r['classes']} classes, {templates})")
+        lines.append(f"  top1 {r['top1']:.4f}  top5 {r.get('top5', 0):.4f}  mean per class {r['mean_per_class']:.4f}")
+        for split, s in r.get("by_split", {}).items():
+            lines.append(f"  split {split:<10} top1 {s['top1']:.4f}  ({s['images']} images)")
+    for folder, rob in results.get("robustness", {}).items():
+        lines.append(f"robustness against {folder}")
+        for name, s in rob["sets"].items():
+            drop = "" if name == rob["reference"] else f"  drop {s['drop_top1']:+.4f}"
+            lines.append(f"  {name:<16} top1 {s['top1']:.4f}{drop}")
+    if "retrieval" in results:
+        r = results["retrieval"]
+        lines.append(f"retrieval {r['source']} ({r['pairs']} pairs, {r['distinct_captions']} distinct captions)")
+        for way in ("image_to_text", "text_to_image"):
+            recalls = "  ".join(f"{k} {v:.4f}" for k, v in r[way].items() if k.startswith("R@"))
+            lines.append(f"  {way.replace('_to_', '->'):<14} {recalls}")
+    if "linear_probe" in results:
+        p = results["linear_probe"]
+        lines.append(f"linear probe {p['train']} -> {p['test']}: top1 {p['top1']:.4f} at C={p['C']:.3g}"
+                     f" (validation {p['val_accuracy']:.4f})")  # fmt: skip
+    return "\n".join(lines)
