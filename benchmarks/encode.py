@@ -6,7 +6,9 @@ Same weights (open_clip's model of the named architecture, randomly initialised 
 benchmarks/openclip_parity.py, saved as a state dict and loaded by both), same shards (benchmarks/loader.py's 256 px
 JPEGs with LAION captions), same batch size, fp32, 2 reading workers, CPU:
 
-- "wit encode": clipmodel.encode.encode_dataset into a fresh folder (per-shard float16 .npy + metadata Parquet).
+- "wit encode@openclip-torch": clipmodel.encode.encode_dataset (per-shard float16 .npy + metadata Parquet) run by
+  the open_clip venv's Python, so both tools use the same torch build: the like-for-like ratio.
+- "wit encode": the same in this project's venv (its pinned torch), for reference.
 - "open_clip + webdataset": in the open_clip venv, webdataset reads the tars (2 workers, batched), open_clip's
   preprocess (torchvision Resize bicubic + CenterCrop + Normalize) and tokenizer, model.encode_image /
   encode_text with normalize=True, embeddings collected and saved as float16 .npy.
@@ -15,17 +17,22 @@ Throughput is samples (image + caption) per second of the whole run after the mo
 batch of images as open_clip preprocessed them, and their tokens, go through both models; the max absolute
 difference of the normalised embeddings must be < 1e-4 in fp32 (the issue's bar). The end-to-end embeddings also
 differ by the two resizers' rounding; that difference is reported too (median cosine between the two tools'
-embeddings of each sample). Writes benchmarks/results/encode.json.
+embeddings of each sample).
+
+Also: semantic dedup (pipeline.filter.semdedup, what `wit filter` runs) on --semdedup-n random clustered 512-d
+embeddings with planted near-copies (target <= 5 minutes for 1M on 2 cores), and search (clipmodel.search_timing):
+build time, batched queries/s, one-query p50 latency and recall@10 of the flat and IVF-PQ indexes on --search-n
+clustered vectors. Writes benchmarks/results/encode.json.
 """
 
 import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,8 @@ sys.path.insert(0, str(REPO))
 from loader import make_dataset  # noqa: E402 - benchmarks/loader.py's shards, generated once and cached
 
 WORK = ROOT / "work" / "encode"
+# "wit encode@openclip-torch": ours run by the open_clip venv's Python, the like-for-like comparison (same torch).
+TOOLS = ("wit encode@openclip-torch", "open_clip + webdataset", "wit encode")
 RESULTS = ROOT / "results" / "encode.json"
 
 # Runs in the open_clip venv: save perturbed weights, or encode the shards and time it.
@@ -95,14 +104,28 @@ def _openclip(py: str, mode: str, name: str, weights: Path, out: Path, urls=(), 
     return json.loads(proc.stdout.strip().splitlines()[-1]) if mode == "encode" else None
 
 
-def _ours(dataset: Path, weights: Path, name: str, out: Path, batch: int, workers: int) -> dict:
-    from clipmodel.encode import EncodeConfig, encode_dataset
-    from clipmodel.inference import load_model
+# `wit encode`'s function, from this checkout, under whichever Python runs it (so it can use open_clip's torch).
+_WIT_SCRIPT = r"""
+import json, shutil, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from clipmodel.encode import EncodeConfig, encode_dataset
+from clipmodel.inference import load_model
+dataset, weights, name, out, batch, workers = sys.argv[2:8]
+torch.set_num_threads(2)
+shutil.rmtree(out, ignore_errors=True)
+loaded = load_model(weights, arch=name, device="cpu")
+s = encode_dataset(dataset, loaded, out, EncodeConfig(batch_size=int(batch), workers=int(workers)))
+print(json.dumps({"samples": s.samples, "seconds": s.seconds}))
+"""
 
-    shutil.rmtree(out, ignore_errors=True)
-    loaded = load_model(weights, arch=name, device="cpu")
-    summary = encode_dataset(str(dataset), loaded, out, EncodeConfig(batch_size=batch, workers=workers))
-    return {"samples": summary.samples, "seconds": summary.seconds}
+
+def _ours(py: str, dataset: Path, weights: Path, name: str, out: Path, batch: int, workers: int) -> dict:
+    cmd = [py, "-c", _WIT_SCRIPT, str(REPO), str(dataset), str(weights), name, str(out), str(batch), str(workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wit encode failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def agreement(weights: Path, name: str, work: Path) -> dict:
@@ -124,6 +147,16 @@ def agreement(weights: Path, name: str, work: Path) -> dict:
     }
 
 
+def _ratio(medians: dict, ours: str) -> float | None:
+    theirs = medians.get("open_clip + webdataset")
+    return medians[ours] / theirs if ours in medians and theirs else None
+
+
+def _torch_version(py: str) -> str:
+    out = subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def end_to_end_cosine(work: Path) -> dict:
     """Per-sample cosine between the two tools' stored embeddings (float16, different resizers)."""
     from clipmodel.embeddings import load_embeddings
@@ -138,6 +171,36 @@ def end_to_end_cosine(work: Path) -> dict:
             "text_cosine_median": float(np.median(txt)), "text_cosine_min": float(txt.min())}  # fmt: skip
 
 
+def semdedup_timing(n: int, dim: int = 512) -> dict:
+    """SemDeDup over n clustered vectors, 2% of them planted near-copies of others (cosine ~0.995)."""
+    from clipmodel.search_timing import clustered_vectors
+    from pipeline.filter.semdedup import SemDedupConfig, semdedup
+
+    rng = np.random.default_rng(1)
+    x = clustered_vectors(n, dim, clusters=1024, spread=0.8, seed=1)
+    copies = rng.choice(n, size=n // 50, replace=False)
+    sources = rng.integers(n, size=len(copies))
+    x[copies] = x[sources] + rng.standard_normal((len(copies), dim)).astype(np.float32) * (0.1 / np.sqrt(dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    keys = [f"{i:08d}" for i in range(n)]
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    result = semdedup(x, keys, SemDedupConfig(), timings=timings)
+    seconds = time.perf_counter() - start
+    duplicates = int(np.sum(~result.kept))
+    return {"rows": n, "dim": dim, "seconds": seconds, "phases_s": timings, "planted_copies": len(copies),
+            "duplicates_found": duplicates, "target_s": 300}  # fmt: skip
+
+
+def search_timing(n: int, dim: int = 512) -> list[dict]:
+    from dataclasses import asdict
+
+    from clipmodel.search_timing import clustered_vectors, time_search
+
+    x = clustered_vectors(n + 1000, dim)
+    return [asdict(t) for t in time_search(x[:n], x[n:])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32", help="an OpenAI architecture open_clip also names")
@@ -146,6 +209,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--openclip-python", default="/work/openclip_venv/bin/python")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--semdedup-n", type=int, default=1_000_000, help="0: skip")
+    parser.add_argument("--search-n", type=int, default=200_000, help="0: skip")
     args = parser.parse_args()
     torch.set_num_threads(2)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -158,10 +224,11 @@ def main() -> None:
 
     runs = []
     for r in range(args.runs):
-        for tool in ("wit encode", "open_clip + webdataset")[:: 1 if r % 2 == 0 else -1]:
+        for tool in args.tools[:: 1 if r % 2 == 0 else -1]:
             load = os.getloadavg()[0]
-            if tool == "wit encode":
-                result = _ours(dataset, weights, args.model, WORK / "wit", args.batch_size, args.workers)
+            if tool.startswith("wit encode"):
+                py = args.openclip_python if tool == "wit encode@openclip-torch" else sys.executable
+                result = _ours(py, dataset, weights, args.model, WORK / "wit", args.batch_size, args.workers)
             else:
                 result = _openclip(args.openclip_python, "encode", args.model, weights, WORK, urls, args.batch_size,
                                    args.workers)  # fmt: skip
@@ -173,7 +240,7 @@ def main() -> None:
     def med(tool: str) -> float:
         return statistics.median(x["samples_per_s"] for x in runs if x["tool"] == tool)
 
-    medians = {t: med(t) for t in ("wit encode", "open_clip + webdataset")}
+    medians = {t: med(t) for t in args.tools}
     summary = {
         "benchmark": "encode",
         "what": f"image + caption embeddings/s of {args.samples} samples (256 px JPEGs, LAION captions), {args.model} "
@@ -181,17 +248,25 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": vars(args),
         "median_samples_per_s": medians,
-        "ratio_wit_over_openclip": medians["wit encode"] / medians["open_clip + webdataset"],
+        "torch": {"wit": torch.__version__, "openclip_venv": _torch_version(args.openclip_python)},
+        "ratio_wit_over_openclip_same_torch": _ratio(medians, "wit encode@openclip-torch"),
+        "ratio_wit_over_openclip": _ratio(medians, "wit encode"),
         "agreement_same_input_fp32": agreement(weights, args.model, WORK),
         "agreement_target": 1e-4,
         "end_to_end_cosine": end_to_end_cosine(WORK),
         "load_average_median": statistics.median(x["load_before"] for x in runs),
         "runs": runs,
     }
+    if args.semdedup_n:
+        summary["semdedup"] = semdedup_timing(args.semdedup_n)
+        print(json.dumps(summary["semdedup"]), flush=True)
+    if args.search_n:
+        summary["search"] = search_timing(args.search_n)
+        print(json.dumps(summary["search"]), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("median_samples_per_s", "ratio_wit_over_openclip",
-                                              "agreement_same_input_fp32", "end_to_end_cosine")}))  # fmt: skip
+    keys = ("median_samples_per_s", "ratio_wit_over_openclip_same_torch", "agreement_same_input_fp32")
+    print(json.dumps({k: summary[k] for k in keys}))
 
 
 if __name__ == "__main__":

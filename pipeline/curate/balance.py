@@ -14,7 +14,6 @@ import ahocorasick
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import wordfreq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.batches import Rows, SumCounts, emit
@@ -49,6 +48,8 @@ class BalanceConfig:
             raise ValueError(f"top_n must be at least 1 or None, got {self.top_n}")
         if self.min_entry_len < 1:
             raise ValueError(f"min_entry_len must be at least 1, got {self.min_entry_len}")
+        import wordfreq  # here, not at the top: importing it costs a Beam worker ~1.5 s, and workers never need it
+
         if self.wordfreq_lang not in wordfreq.available_languages():
             raise ValueError(f"wordfreq has no list for {self.wordfreq_lang!r}")
 
@@ -68,6 +69,8 @@ def wordfreq_entries(
     lang: str = "en", min_zipf: float = 3.0, top_n: int | None = None, alpha_only: bool = True, min_len: int = 2
 ) -> list[str]:
     """wordfreq words, most frequent first: the first `top_n` that pass the filters, or all at or above `min_zipf`."""
+    import wordfreq
+
     out: list[str] = []
     # Band i holds the words at -i centibels, alphabetical within the band: a deterministic order.
     for i, band in enumerate(wordfreq.get_frequency_list(lang)):
