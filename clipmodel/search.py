@@ -141,7 +141,10 @@ class IndexConfig:
     nbits: int = 8  # bits per sub-quantizer code (fewer under 39 * 256 rows)
     train_size: int | None = None  # rows k-means trains on; None: min(N, max(64 nlist, 39 * 2**nbits))
     nprobe: int = 32  # lists visited per query (search time only)
-    refine: int = 10  # candidates per wanted neighbour re-scored exactly (search time only)
+    # Candidates per wanted neighbour re-scored exactly (search time only). PQ's ranking error, not the lists probed,
+    # is what loses neighbours at 512-d: on 200k clustered vectors recall@10 is 0.69 at 10 and 0.97 at 40, for
+    # 0.95 -> 1.2 ms a query (nprobe 32 -> 96 at refine 10 changes nothing).
+    refine: int = 40
     seed: int = 0  # of the training sample
 
     def __post_init__(self) -> None:
@@ -190,7 +193,7 @@ class SearchIndex:
     """A faiss index with its vectors: top-k by exact cosine (IVF-PQ candidates are re-scored)."""
 
     def __init__(self, index: faiss.Index, vectors: ArrayVectors | ShardVectors, plan: dict[str, Any],
-                 nprobe: int = 32, refine: int = 10, built: bool = False):  # fmt: skip
+                 nprobe: int = 32, refine: int = 40, built: bool = False):  # fmt: skip
         self.index, self.vectors, self.plan, self.refine, self.built = index, vectors, plan, refine, built
         if plan["kind"] == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = min(nprobe, plan["nlist"])
