@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipmodel import embeddings as emb
 from clipmodel import stages, transform
 from clipmodel.checkpointing import file_sha256
-from clipmodel.inference import LoadedModel
+from clipmodel.inference import LoadedModel, inference_autocast
 from clipmodel.shardlist import list_shards
 from clipmodel.stages import Numbered
 from clipmodel.tarstream import Counters, read_shard
@@ -129,14 +129,6 @@ class _Shards(IterableDataset):
             yield from shard_parts(index, url, self.resolution, self.context_length, self.batch_size)
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _identity(dataset: str, loaded: LoadedModel) -> dict[str, Any]:
     manifest = f"{dataset.rstrip('/')}/{MANIFEST_NAME}"
     return {
@@ -186,7 +178,7 @@ def encode_dataset(
     skipped = Counters()
     bar = _bar(len(todo), progress)
     start = time.perf_counter()
-    with torch.inference_mode(), _autocast(device, cfg.precision):
+    with torch.inference_mode(), inference_autocast(device, cfg.precision):
         for part in loader:
             image = text = np.zeros((0, loaded.config.embed_dim), np.float16)
             if part.keys:

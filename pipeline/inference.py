@@ -26,7 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from clipmodel import transform
-from clipmodel.inference import LoadedModel, load_model
+from clipmodel.inference import LoadedModel, inference_autocast, load_model
 from clipmodel.tokenizer import tokenize
 from pipeline.rejection import Rejected, rejection_row
 from schemas import fields, reasons
@@ -64,14 +64,6 @@ def prepare(row: dict, image: bytes, resolution: int, context_length: int) -> Pr
     return Prepared(row, image, pixels, tokens)
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 class Towers:
     """The loaded model as RunInference holds it. Everything device-side happens inside `embed` and only numpy
     arrays cross its boundary, so the same object works in-process and served to several processes (large_model)."""
@@ -83,7 +75,7 @@ class Towers:
     def embed(self, pixels: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3, R, R) uint8 and (B, L) int64 -> L2-normalised image and caption embeddings, (B, E) float32 each."""
         model = self.loaded.model
-        with torch.inference_mode(), _autocast(self.device, self.precision):
+        with torch.inference_mode(), inference_autocast(self.device, self.precision):
             images = transform.normalize(pixels).to(self.device)  # (B, 3, R, R) float32
             image = F.normalize(model.encode_image(images).float(), dim=-1)  # (B, E)
             text = F.normalize(model.encode_text(torch.from_numpy(tokens).to(self.device)).float(), dim=-1)  # (B, E)
