@@ -28,7 +28,7 @@ from clipmodel.optim import lr_at, make_optimizer, set_lr
 from clipmodel.train_config import TrainConfig, TrainError, check_steps, layered, resume_config
 from clipmodel.train_log import RunLog
 from clipmodel.train_step import Precision, train_step
-from clipmodel.zeroshot import LABELS_FILE, LabelledSet, accuracy, read_labelled_folder
+from clipmodel.zeroshot import LabelledSet, accuracy, read_labelled_folder, read_labels
 from schemas.manifest import MANIFEST_NAME
 
 CONFIG_FILE = "config.json"
@@ -223,11 +223,10 @@ class Trainer:
         """Rank 0 evaluates; the others only check the folder, so a bad one stops every rank, not just the first."""
         if not self.cfg.eval_dir:
             return None
-        if not self.info.is_main:
-            if not (Path(self.cfg.eval_dir) / LABELS_FILE).is_file():
-                raise TrainError(f"--eval-dir: {self.cfg.eval_dir}: not a labelled set (no {LABELS_FILE})")
-            return None
         try:
+            if not self.info.is_main:
+                read_labels(self.cfg.eval_dir)  # the labels and file names only: nothing decoded
+                return None
             return read_labelled_folder(self.cfg.eval_dir, self.model_cfg.vision.image_size)
         except (OSError, ValueError) as e:
             raise TrainError(f"--eval-dir: {e}") from None
