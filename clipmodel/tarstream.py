@@ -10,14 +10,14 @@ import logging
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
-from schemas import reasons, validate_key
+from schemas import keys, reasons
 
 log = logging.getLogger(__name__)
 
 # Why a reader skipped something (the same codes pipeline/shard_reader.py reports, where it has them).
 UNREADABLE_SHARD = "unreadable_shard"  # could not be opened: missing, no permission, remote error
 CORRUPT_SHARD = "corrupt_shard"  # truncated or garbage from some point on; the rest of the shard is skipped
-UNSAFE_MEMBER = "unsafe_member"  # not a regular file, a name that could escape the shard, or oversized
+UNSAFE_MEMBER = keys.UNSAFE_MEMBER  # not a regular file, a name that could escape the shard, or oversized
 INVALID_KEY = reasons.INVALID_KEY
 DUPLICATE_KEY = "duplicate_key"  # a key met again after other keys in one shard
 MISSING_IMAGE = "missing_image"
@@ -40,7 +40,7 @@ REASONS = (
 SAMPLES = "samples"  # the counter of samples that went into batches
 
 BLOCK = 512
-MAX_MEMBER_BYTES = 256 * 1024 * 1024  # as shard_reader: no real image is near it, a crafted tar can be
+MAX_MEMBER_BYTES = keys.MAX_MEMBER_BYTES  # a module name, so a test can lower it
 _REGULAR = (b"0", b"\0", b"7")  # tarfile's isreg(): regular, old-style regular, contiguous
 _PAX, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK = b"x", b"g", b"L", b"K"
 _MAX_HEADER_DATA = 1 << 20  # a pax or long-name record longer than this is corruption, not a name
@@ -161,21 +161,8 @@ def _padded(size: int) -> int:
 
 
 def member_problem(name: str, kind: bytes, size: int) -> tuple[str, str] | None:
-    """(reason, detail) if a member must be refused under the shard contract, else None."""
-    if kind not in _REGULAR:
-        return UNSAFE_MEMBER, f"{name!r} is not a regular file (tar type {kind!r})"
-    if name.startswith("/") or "/" in name or "\\" in name or ".." in name:
-        return UNSAFE_MEMBER, f"{name!r} could escape the shard"
-    stem, _, ext = name.partition(".")
-    if not ext:
-        return UNSAFE_MEMBER, f"{name!r} has no extension"
-    try:
-        validate_key(stem)
-    except ValueError as e:
-        return INVALID_KEY, str(e)
-    if size > MAX_MEMBER_BYTES:
-        return UNSAFE_MEMBER, f"{name!r} is {size} bytes, over the {MAX_MEMBER_BYTES} limit"
-    return None
+    """(reason, detail) if a member must be refused under the shard contract (schemas.keys), else None."""
+    return keys.member_problem(name, kind in _REGULAR, kind, size, MAX_MEMBER_BYTES)
 
 
 def iter_headers(f: BinaryIO) -> Iterator[_Header]:

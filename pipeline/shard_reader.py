@@ -21,8 +21,8 @@ from schemas import (
     check_schema_version,
     empty_row,
     fields,
+    keys,
     reasons,
-    validate_key,
 )
 from schemas.manifest import MANIFEST_NAME, SHARDS_DIR, SIZES_NAME
 from schemas.records import SCHEMA_VERSION_KEY
@@ -30,7 +30,7 @@ from schemas.records import SCHEMA_VERSION_KEY
 log = logging.getLogger(__name__)
 
 # Why a reader skipped something: the `reason` of ReadReport.errors.
-UNSAFE_MEMBER = "unsafe_member"  # not a regular file, or a name that could escape the shard
+UNSAFE_MEMBER = keys.UNSAFE_MEMBER  # not a regular file, a name that could escape the shard, or oversized
 INVALID_KEY = reasons.INVALID_KEY  # member stem is not a valid key
 CORRUPT_SHARD = "corrupt_shard"  # unreadable from some point on; the rest of the shard is skipped
 MISSING_FILE = "missing_file"  # a shard or its Parquet listed in the manifest is not there
@@ -43,7 +43,7 @@ DUPLICATE_KEY = "duplicate_key"  # a key met twice in one shard
 # Image members we yield, in order of preference; "jpeg" because other WebDataset writers use it.
 IMAGE_EXTS = (*fields.IMAGE_FORMATS, "jpeg")
 # A member larger than this is refused, not read into memory: no real image is near it, a crafted tar can be.
-MAX_MEMBER_BYTES = 256 * 1024 * 1024
+MAX_MEMBER_BYTES = keys.MAX_MEMBER_BYTES
 _CHUNK = 1 << 20
 
 
@@ -146,21 +146,7 @@ def _read_rows(parquet_path: Path, label: str, report: ReadReport) -> dict[str, 
 
 
 def _member_problem(member: tarfile.TarInfo) -> tuple[str, str] | None:
-    name = member.name
-    if not member.isreg():
-        return UNSAFE_MEMBER, f"{name!r} is not a regular file (tar type {member.type!r})"
-    if name.startswith("/") or "/" in name or "\\" in name or ".." in name:
-        return UNSAFE_MEMBER, f"{name!r} could escape the shard"
-    stem, _, ext = name.partition(".")
-    if not ext:
-        return UNSAFE_MEMBER, f"{name!r} has no extension"
-    try:
-        validate_key(stem)
-    except ValueError as e:
-        return INVALID_KEY, str(e)
-    if member.size > MAX_MEMBER_BYTES:
-        return UNSAFE_MEMBER, f"{name!r} is {member.size} bytes, over the {MAX_MEMBER_BYTES} limit"
-    return None
+    return keys.member_problem(member.name, member.isreg(), member.type, member.size, MAX_MEMBER_BYTES)
 
 
 def _junk_after(f: BinaryIO, offset: int) -> bool:

@@ -3,6 +3,8 @@
 import hashlib
 import re
 
+from schemas import reasons
+
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 # ustar member names hold 100 bytes; a key plus ".json" must fit without the PAX extension.
 MAX_KEY_LENGTH = 64
@@ -31,3 +33,26 @@ def shard_name(index: int, width: int = 5) -> str:
     if index < 0:
         raise ValueError(f"shard index must be >= 0, got {index}")
     return str(index).zfill(width)
+
+
+UNSAFE_MEMBER = "unsafe_member"  # not a regular file, a name that could escape the shard, or oversized
+MAX_MEMBER_BYTES = 256 * 1024 * 1024  # no real image is near it; a crafted tar can be
+
+
+def member_problem(name: str, regular: bool, kind: object, size: int, max_bytes: int = MAX_MEMBER_BYTES):
+    """(reason, detail) when a tar member must be refused under the shard contract, else None: the one rule both
+    shard readers (pipeline's tarfile-based one, clipmodel's streaming one) apply. `kind` is only shown."""
+    if not regular:
+        return UNSAFE_MEMBER, f"{name!r} is not a regular file (tar type {kind!r})"
+    if name.startswith("/") or "/" in name or "\\" in name or ".." in name:
+        return UNSAFE_MEMBER, f"{name!r} could escape the shard"
+    stem, _, ext = name.partition(".")
+    if not ext:
+        return UNSAFE_MEMBER, f"{name!r} has no extension"
+    try:
+        validate_key(stem)
+    except ValueError as e:
+        return reasons.INVALID_KEY, str(e)
+    if size > max_bytes:
+        return UNSAFE_MEMBER, f"{name!r} is {size} bytes, over the {max_bytes} limit"
+    return None

@@ -109,3 +109,22 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     torch.save(create_model("tiny").state_dict(), path)
     return path
+
+
+# A CLIP small enough that a training step costs milliseconds, for tests of bookkeeping rather than learning.
+MICRO_CONFIG = {
+    "embed_dim": 32,
+    "activation": "gelu",
+    "vision": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+    "text": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MICRO_CONFIG as a JSON model config file (what `--model` accepts besides a name)."""
+    import json
+
+    path = tmp_path_factory.mktemp("models") / "micro.json"
+    path.write_text(json.dumps(MICRO_CONFIG))
+    return path

@@ -17,23 +17,9 @@ from clipmodel.train import CONFIG_FILE, train
 from clipmodel.train_log import METRICS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-# A CLIP small enough that a step costs milliseconds, for the runs that test bookkeeping rather than learning.
-MICRO = {
-    "embed_dim": 32,
-    "activation": "gelu",
-    "vision": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
-    "text": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
-}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def micro_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "micro.json"
-    path.write_text(json.dumps(MICRO))
-    return path
 
 
 def _metrics(run: Path, kind: str = "train") -> list[dict]:

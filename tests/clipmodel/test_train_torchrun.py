@@ -17,12 +17,6 @@ import torch
 from clipmodel import checkpointing as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
-MICRO = {
-    "embed_dim": 32,
-    "activation": "gelu",
-    "vision": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
-    "text": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
-}
 
 
 def _torchrun(run: Path, data: Path, model: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
@@ -37,9 +31,8 @@ def _torchrun(run: Path, data: Path, model: Path, steps: int, *extra: str) -> su
 
 
 @pytest.mark.slow
-def test_two_process_run_resumes_exactly(shapes_dataset: Path, tmp_path: Path) -> None:
-    model = tmp_path / "micro.json"
-    model.write_text(json.dumps(MICRO))
+def test_two_process_run_resumes_exactly(shapes_dataset: Path, micro_model: Path, tmp_path: Path) -> None:
+    model = micro_model
     whole, split = tmp_path / "whole", tmp_path / "split"
     done = _torchrun(whole, shapes_dataset, model, 6)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,22 +8,12 @@ import pytest
 from clipmodel import checkpointing as ckpt
 from wit.cli import main
 
-MICRO = {
-    "embed_dim": 32,
-    "activation": "gelu",
-    "vision": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
-    "text": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
-}
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("models") / "micro.json"
-    path.write_text(json.dumps(MICRO))
-    return str(path)
+@pytest.fixture
+def micro(micro_model: Path) -> str:
+    return str(micro_model)
 
 
 def _args(data: Path, model: str, run: Path, *extra: str) -> list[str]:
