@@ -62,6 +62,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return unwrap_state_dict(load_file(str(path), device="cpu"))
+    return unwrap_state_dict(read_plain(path, "state dict"))
+
+
+def read_plain(path: str | Path, what: str = "state dict") -> Any:
+    """torch.load of a pickle restricted to tensors and plain containers, onto the CPU; a TorchScript archive or a
+    pickle that references anything else is refused with a ValueError naming it (`what`: the kind of file expected).
+    """
+    path = Path(path)
     if _is_torchscript(path):
         raise ValueError(
             f"{path} is a TorchScript archive (like OpenAI's released .pt files); loading it would run the code it "
@@ -69,10 +77,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             "torch.save(torch.jit.load(p, map_location='cpu').state_dict(), 'weights.pt')"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except UnpicklingError as e:
         # Name the offending global, and leave out torch's advice on allowlisting it: that is what not to do here.
         found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it references {found.group(1)}" if found else str(e).strip().splitlines()[0]
-        raise ValueError(f"{path}: refused, not a plain state dict ({what}; only tensors and containers load)") from e
-    return unwrap_state_dict(obj)
+        what_ = f"it references {found.group(1)}" if found else str(e).strip().splitlines()[0]
+        raise ValueError(f"{path}: refused, not a plain {what} ({what_}; only tensors and containers load)") from e

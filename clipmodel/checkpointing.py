@@ -10,11 +10,12 @@ import random
 import re
 from collections import OrderedDict
 from pathlib import Path
-from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
 import torch
+
+from clipmodel.checkpoint import read_plain
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "wit-builder-train-checkpoint"
@@ -103,16 +104,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, unpickled with `weights_only=True`; ValueError for anything else."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it references {found.group(1)}" if found else str(e).strip().splitlines()[0]
-        raise ValueError(f"{path}: refused, not a plain checkpoint ({what}; only tensors and containers load)") from e
+        obj = read_plain(path, "checkpoint")
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+    if not is_training_checkpoint(obj):
         raise NotATrainingCheckpoint(f"{path}: not a wit training checkpoint")
     return obj
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
 def prune(run_dir: str | Path, keep: int) -> list[Path]:

@@ -9,14 +9,13 @@ Everything loads with `weights_only=True` (clipmodel.checkpoint, clipmodel.check
 refused, never run. The model comes back in eval mode on the requested device, in fp32; autocast is the caller's.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from clipmodel import checkpointing as ckpt
-from clipmodel.checkpoint import load_state_dict_file
+from clipmodel.checkpoint import load_state_dict_file, read_plain, unwrap_state_dict
 from clipmodel.factory import load_config
 from clipmodel.model import CLIP, CLIPConfig, build_model
 
@@ -54,14 +53,6 @@ def inference_autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weights_file(spec: Path) -> Path:
     if spec.is_dir():
         latest = ckpt.latest_checkpoint(spec)
@@ -83,12 +74,9 @@ def load_model(
     OpenAI's releases). Raises FileNotFoundError or ValueError with one line that says what is wrong.
     """
     path = _weights_file(Path(spec))
-    state = None
-    if path.suffix != ".safetensors":
-        try:
-            state = ckpt.load_checkpoint(path)
-        except ckpt.NotATrainingCheckpoint:
-            pass  # a bare state dict: loaded below
+    # One read: a pickle is either our training checkpoint or a state dict (possibly nested, as trainers save them).
+    obj = load_state_dict_file(path) if path.suffix == ".safetensors" else read_plain(path, "checkpoint or weights")
+    state = obj if ckpt.is_training_checkpoint(obj) else None
     if state is not None:
         config = CLIPConfig.from_dict(state["model_config"])
         if arch is not None and load_config(arch).to_dict() != config.to_dict():
@@ -96,7 +84,7 @@ def load_model(
         weights = state["model"]
         what = f"{state['config'].get('model', 'model')} trained {state.get('step', '?')} steps ({path})"
     else:
-        weights = load_state_dict_file(path)
+        weights = unwrap_state_dict(obj)
         config = load_config(arch) if arch is not None else None
         what = f"{arch or 'weights'} ({path})"
     try:
@@ -105,4 +93,4 @@ def load_model(
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{path}: the weights do not fit the architecture: {first}") from None
     model = model.float().to(resolve_device(device))
-    return LoadedModel(model, model.config, str(path), what, _file_sha256(path))
+    return LoadedModel(model, model.config, str(path), what, ckpt.file_sha256(str(path)))
