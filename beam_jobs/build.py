@@ -4,7 +4,8 @@ Two Beam pipelines, so that the expensive part resumes and the global part stays
 1. fetch phase: everything up to the fetch, written bucket by bucket (resumable, as `wit fetch`) to a staging
    dataset under OUT/.build/;
 2. dedup phase: exact and near-duplicate images, earlier datasets, evaluation images and the blocklist judged over
-   every fetched image at once, then the survivors resharded into OUT with contiguous shard numbers.
+   every fetched image at once, then (with --score-model) each survivor's CLIP score, those under --min-clip-score
+   rejected, then the survivors resharded into OUT with contiguous shard numbers.
 Rejections of every stage land in OUT/rejected/ with stage and reason; kept + rejected = candidates, exactly.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow.parquet as pq
 
-from beam_jobs.build_config import BuildConfig, given, resolve
+from beam_jobs.build_config import BuildConfig, ScoreConfig, given, resolve
 from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
 from pipeline.batches import BATCH_ROWS, CountRows, Unbatch
@@ -32,7 +33,7 @@ from pipeline.fetch.stage import FetchImages
 from pipeline.shard_reader import iter_shard, load_manifest
 from pipeline.shards import carry_files
 from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
-from pipeline.sources.url_lists import ReadUrlLists
+from pipeline.sources.url_lists import ReadUrlLists, counted_rows
 from pipeline.write_dataset import Carried, WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
 from schemas import DatasetManifest, fields
 from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
@@ -62,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     curation.add_argument("--exclude-from", nargs="+", metavar="DATASET", help="earlier datasets not to repeat")
     curation.add_argument("--decontaminate", metavar="EVAL_DIR", help="drop near-copies of these evaluation images")
     curation.add_argument("--blocklist", metavar="FILE", help="sha256 / pHash values never to write")
+    scoring = parser.add_argument_group("CLIP scoring (after image dedup; the `score` config section)")
+    scoring.add_argument("--score-model", metavar="WEIGHTS", help="run folder, checkpoint or weights: store clip_score")
+    scoring.add_argument("--score-arch", metavar="NAME", help="architecture of bare weights (default: from shapes)")
+    scoring.add_argument("--min-clip-score", type=float, metavar="X", help="reject image-caption cosine under X")
 
 
 def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
@@ -75,7 +80,7 @@ def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
         seen = kept | "ExcludeSeen" >> ExcludeSeen(cfg.run.exclude_from)
         kept = seen.kept
         rejected.append(seen[REJECTED])
-    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup)
+    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup, rows_hint=counted_rows(cfg.sources))
     kept = dedup.kept
     rejected.append(dedup[REJECTED])
     balanced = None
@@ -142,6 +147,15 @@ def _survivor(joined: tuple[str, dict]) -> Iterator[tuple[dict, bytes]]:
             yield row | {fields.DUP_GROUP: verdict.get(fields.DUP_GROUP)}, image
 
 
+def _score(survivors: beam.PCollection, rejected: beam.PCollection, cfg: ScoreConfig) -> tuple:
+    """Each survivor with its clip_score, and the rejections with those scored under cfg.min_score added."""
+    from pipeline.inference import ScoreSamples  # torch only for builds that score
+
+    scored = survivors | "Score" >> ScoreSamples(cfg.model, cfg.arch, cfg.batch_size, cfg.device, cfg.precision,
+                                                 min_score=cfg.min_score)  # fmt: skip
+    return scored["scored"], (rejected, scored[REJECTED]) | "WithScoreRejected" >> beam.Flatten()
+
+
 def dedup_phase(cfg: BuildConfig, config: dict, out: Path, staged: DatasetManifest, stage: Path, options) -> None:
     """Pipeline 2: image dedup over every fetched sample, survivors resharded into OUT beside all rejections."""
     for folder in (SHARDS_DIR, REJECTED_DIR):  # regenerated whole: nothing stale from an interrupted run remains
@@ -162,14 +176,29 @@ def dedup_phase(cfg: BuildConfig, config: dict, out: Path, staged: DatasetManife
         survivors = (
             {"kept": kept, "samples": samples} | "Join" >> beam.CoGroupByKey() | "Survivors" >> beam.FlatMap(_survivor)
         )
+        rejected = judged[REJECTED]
+        if cfg.score.model is not None:
+            survivors, rejected = _score(survivors, rejected, cfg.score)
         buckets = (
-            judged.kept
+            survivors
             | "CountKept" >> beam.combiners.Count.Globally()
             | "Buckets" >> beam.Map(lambda k: max(1, math.ceil(k / cfg.run.samples_per_shard)))
         )
-        _ = {"samples": survivors, "rejected": judged[REJECTED]} | "Write" >> WriteDataset(
+        _ = {"samples": survivors, "rejected": rejected} | "Write" >> WriteDataset(
             str(out), config, buckets, carried=carried, contiguous=True
         )
+
+
+def _model_identity(cfg: ScoreConfig, parser: argparse.ArgumentParser) -> dict:
+    """What the manifest says of the scoring model: the file the weights came from and its sha256 (a run folder's
+    newest checkpoint changes as it trains, and a rerun with other weights must not pass for the same build)."""
+    from clipmodel.inference import load_model
+
+    try:
+        loaded = load_model(cfg.model, arch=cfg.arch, device="cpu")
+    except (OSError, ValueError) as e:
+        parser.error(f"--score-model: {e}")
+    return {"description": loaded.description, "weights": loaded.source, "weights_sha256": loaded.weights_sha256}
 
 
 def run(argv: Sequence[str] | None = None) -> None:
@@ -184,6 +213,8 @@ def run(argv: Sequence[str] | None = None) -> None:
     except (OSError, ValueError) as e:
         parser.error(str(e))
     config = {"job": "build", **cfg.to_dict()}
+    if cfg.score.model is not None:
+        config["score_model"] = _model_identity(cfg.score, parser)
     out, stage = Path(args.out), Path(args.out) / WORK_DIR / "fetched"
     if (out / MANIFEST_NAME).is_file() and run_fingerprint(load_manifest(out).config) == run_fingerprint(config):
         print(f"{out}: already built with this configuration")

@@ -66,7 +66,8 @@ class CountRows(beam.PTransform):
 class PartitionRows(beam.PTransform):
     """Rows -> (partition, Rows) by a stable hash of `key(row)`.
 
-    The partition count is `partitions` (a singleton side input) when given, else ceil(rows / rows_per_partition).
+    The partition count is `partitions` (an int, or a singleton side input) when given, else
+    ceil(rows / rows_per_partition) from a count of the input.
     """
 
     def __init__(self, key: Callable[[Any], str], rows_per_partition: int = PARTITION_ROWS, partitions: Any = None):

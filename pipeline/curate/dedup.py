@@ -236,10 +236,13 @@ class DedupCandidates(beam.PTransform):
     thousand rows (pipeline.batches.PARTITION_ROWS), holds every spelling of its URLs and is judged in memory.
     """
 
-    def __init__(self, cfg: DedupConfig, rows_per_partition: int = PARTITION_ROWS):
+    def __init__(self, cfg: DedupConfig, rows_per_partition: int = PARTITION_ROWS, rows_hint: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.rows_per_partition = rows_per_partition
+        # Rows known before the run (e.g. from Parquet footers) size the shuffle at construction; without them the
+        # stage counts its input first, which makes the runner hold every row once more before the shuffle.
+        self.partitions = None if rows_hint is None else partitions_for(rows_hint, rows_per_partition)
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
     def expand(self, batches: beam.PCollection) -> Any:
@@ -249,7 +252,7 @@ class DedupCandidates(beam.PTransform):
             return keyed | "Single" >> beam.Map(lambda batch: (0, [batch])) | "Pick" >> pick
         return (
             keyed
-            | "Partition" >> PartitionRows(_partition_key, self.rows_per_partition)
+            | "Partition" >> PartitionRows(_partition_key, self.rows_per_partition, self.partitions)
             | "Group" >> beam.GroupByKey()
             | "Pick" >> pick
         )

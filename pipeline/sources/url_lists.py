@@ -197,6 +197,24 @@ def match_paths(pattern: str) -> list[str]:
     return paths
 
 
+def counted_rows(cfg: UrlListConfig) -> int | None:
+    """The rows the lists hold, when their footers say so cheaply (uncompressed Parquet); None otherwise.
+
+    Read at launch, so that stages sized by the row count (the dedup shuffle's partitions) need not wait for a
+    count of the data itself: that wait splits the curation into two passes over every row."""
+    total = 0
+    for path in match_paths(cfg.pattern):
+        fmt = detect_format(path) if cfg.format == "auto" else cfg.format
+        if fmt != "parquet" or path.lower().endswith(".gz"):
+            return None
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stored:
+                total += pq.ParquetFile(stored).metadata.num_rows
+        except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError; the read itself reports the file
+            return None
+    return total
+
+
 class ReadUrlLists(beam.PTransform):
     """Candidates from URL lists; outputs `candidates` (main) and `rejected` (REJECTION_SCHEMA rows).
 

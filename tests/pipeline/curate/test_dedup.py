@@ -221,12 +221,17 @@ def test_dedup_stage_matches_the_plain_loop():
         counts.update({"kept": len(kept)} | Counter(r[fields.REASON] for r in rejected))
         out = cands | f"Dedup_{by}" >> DedupCandidates(DedupConfig(by=by), rows_per_partition=5)  # 16 partitions
         assert_that(_beam_verdicts(out, by), equal_to(sorted(_verdicts(kept, rejected).items())), label=f"Check_{by}")
+    # Sized from a row count known in advance (Parquet footers): no count of the input, same verdicts.
+    hinted = cands | "DedupHinted" >> DedupCandidates(DedupConfig(), rows_per_partition=1, rows_hint=len(CANDS))
+    kept, rejected = dedup_pure(CANDS, DedupConfig())
+    counts.update({"kept": len(kept)} | Counter(r[fields.REASON] for r in rejected))
+    assert_that(_beam_verdicts(hinted, "hinted"), equal_to(sorted(_verdicts(kept, rejected).items())), label="Hinted")
     result = p.run()
     result.wait_until_finish()
     by_name = Counter()
     for counter in result.metrics().query(MetricsFilter().with_namespace(reasons.DEDUP))["counters"]:
-        by_name[counter.key.metric.name] += counter.committed  # one counter per step: the three modes add up
-    assert by_name == counts == {"kept": 15, "duplicate_url": 2, "duplicate_pair": 1}
+        by_name[counter.key.metric.name] += counter.committed  # one counter per step: the four runs add up
+    assert by_name == counts == {"kept": 15 + 4, "duplicate_url": 2 + 2, "duplicate_pair": 1}
 
 
 def _png() -> bytes:

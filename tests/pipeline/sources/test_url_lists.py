@@ -17,6 +17,7 @@ from pipeline.sources.url_lists import (
     ReadUrlLists,
     UrlListConfig,
     candidate_from_row,
+    counted_rows,
     detect_format,
     iter_rows,
     resolve_columns,
@@ -109,6 +110,19 @@ def test_read_url_lists_beam_stage(tmp_path):
             label="candidates",
         )
         assert_that(bad, equal_to([(2, "source", "malformed_row"), (3, "source", "invalid_url")]), label="rejected")
+
+
+def test_counted_rows_reads_parquet_footers_only(tmp_path):
+    for i, n in enumerate((3, 0, 5)):
+        pq.write_table(
+            pa.table({"url": [f"http://a.example/{k}.jpg" for k in range(n)]}, pa.schema([("url", pa.string())])),
+            tmp_path / f"{i}.parquet",
+        )
+    assert counted_rows(UrlListConfig(str(tmp_path / "*.parquet"))) == 8
+    _write(tmp_path / "b.tsv", "".join(f"{c}\t{u}\n" for u, c in ROWS))
+    assert counted_rows(UrlListConfig(str(tmp_path / "*"))) is None  # a text list has no footer: count it in the run
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    assert counted_rows(UrlListConfig(str(tmp_path / "*.parquet"))) is None  # the read stage reports the bad file
 
 
 def test_no_matching_files_is_a_clear_error(tmp_path):
