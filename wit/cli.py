@@ -15,6 +15,7 @@ from wit import (
     search_cmd,
     shards_cmd,
     sources_cmd,
+    stats_cmd,
     tokenizer_cmd,
     train_cmd,
     web_cmd,
@@ -34,6 +35,7 @@ GROUPS = (
     encode_cmd,
     eval_cmd,
     filter_cmd,
+    stats_cmd,
 )
 
 

@@ -1,0 +1,1 @@
+"""The dataset statistics report (`wit stats`): Beam combiners over a dataset, stats.json, and the HTML page."""
