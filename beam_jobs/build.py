@@ -11,17 +11,16 @@ Rejections of every stage land in OUT/rejected/ with stage and reason; kept + re
 
 import argparse
 import math
-import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 
 from beam_jobs.build_config import BuildConfig, ScoreConfig, given, resolve
 from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
+from pipeline import fsio
 from pipeline.batches import BATCH_ROWS, CountRows, Unbatch
 from pipeline.curate.balance import BalanceQueries, WriteBalanceCounts
 from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
@@ -91,10 +90,10 @@ def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
     return kept, rejected | "CurationRejected" >> beam.Flatten(), balanced
 
 
-def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options, progress: bool) -> None:
+def fetch_phase(cfg: BuildConfig, config: dict, out: str, stage: str, options, progress: bool) -> None:
     """Pipeline 1: sources to a staging dataset of fetched samples and every rejection so far (resumable)."""
     fingerprint = run_fingerprint(config)
-    done = completed_buckets(str(stage), fingerprint) if stage.is_dir() else {}
+    done = completed_buckets(stage, fingerprint) if fsio.is_dir(stage) else {}
     if done:
         print(f"resuming: {len(done)} fetch buckets of an earlier run are complete and kept")
     with beam.Pipeline(options=options) as p:
@@ -131,8 +130,8 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: Path, stage: Path, options,
 
 def _dedup_rows(path: str) -> Iterator[dict]:
     # A staging shard from before colour_sig existed lacks the column: its rows read as null, which never vetoes.
-    names = set(pq.read_schema(path).names)
-    yield from pq.read_table(path, columns=[c for c in _DEDUP_COLUMNS if c in names]).to_pylist()
+    names = set(fsio.parquet_schema(path).names)
+    yield from fsio.read_parquet(path, columns=[c for c in _DEDUP_COLUMNS if c in names]).to_pylist()
 
 
 def _samples(shard: tuple[str, str]) -> Iterator[tuple[str, tuple[dict, bytes]]]:
@@ -156,10 +155,10 @@ def _score(survivors: beam.PCollection, rejected: beam.PCollection, cfg: ScoreCo
     return scored["scored"], (rejected, scored[REJECTED]) | "WithScoreRejected" >> beam.Flatten()
 
 
-def dedup_phase(cfg: BuildConfig, config: dict, out: Path, staged: DatasetManifest, stage: Path, options) -> None:
+def dedup_phase(cfg: BuildConfig, config: dict, out: str, staged: DatasetManifest, stage: str, options) -> None:
     """Pipeline 2: image dedup over every fetched sample, survivors resharded into OUT beside all rejections."""
     for folder in (SHARDS_DIR, REJECTED_DIR):  # regenerated whole: nothing stale from an interrupted run remains
-        shutil.rmtree(out / folder, ignore_errors=True)
+        fsio.remove_tree(fsio.join(out, folder))
     carry_files(stage, out, staged.rejected)
     carried = Carried(rejected=staged.rejected, counts=dict(staged.counts))
     references = reference_sets(
@@ -167,7 +166,7 @@ def dedup_phase(cfg: BuildConfig, config: dict, out: Path, staged: DatasetManife
         decontaminate=[cfg.run.decontaminate] if cfg.run.decontaminate else [],
         blocklist=[cfg.run.blocklist] if cfg.run.blocklist else [],
     )
-    shards = [(str(stage / s.tar.path), str(stage / s.parquet.path)) for s in staged.shards]
+    shards = [(fsio.join(stage, s.tar.path), fsio.join(stage, s.parquet.path)) for s in staged.shards]
     with beam.Pipeline(options=options) as p:
         rows = p | "Shards" >> beam.Create([pq for _, pq in shards]) | "ReadRows" >> beam.FlatMap(_dedup_rows)
         judged = rows | "DedupImages" >> DedupImages(cfg.image_dedup, references)
@@ -215,13 +214,14 @@ def run(argv: Sequence[str] | None = None) -> None:
     config = {"job": "build", **cfg.to_dict()}
     if cfg.score.model is not None:
         config["score_model"] = _model_identity(cfg.score, parser)
-    out, stage = Path(args.out), Path(args.out) / WORK_DIR / "fetched"
-    if (out / MANIFEST_NAME).is_file() and run_fingerprint(load_manifest(out).config) == run_fingerprint(config):
+    out, stage = args.out, fsio.join(args.out, WORK_DIR, "fetched")  # strings: pathlib would mangle gs://
+    built = fsio.is_file(fsio.join(out, MANIFEST_NAME))
+    if built and run_fingerprint(load_manifest(out).config) == run_fingerprint(config):
         print(f"{out}: already built with this configuration")
         return
-    out.mkdir(parents=True, exist_ok=True)
+    fsio.mkdirs(out)
     progress = not args.no_progress and sys.stderr.isatty()
     fetch_phase(cfg, config | {"phase": "fetch"}, out, stage, options, progress)
     dedup_phase(cfg, config, out, load_manifest(stage), stage, options)
-    shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # the rejections live on as hard links (or copies) in OUT
+    fsio.remove_tree(fsio.join(out, WORK_DIR))  # the rejections live on as hard links (or copies) in OUT
     print(format_host_summary(host_summary(out)))

@@ -38,6 +38,28 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """CLIP scoring inside the build (pipeline.inference.ScoreSamples), after image dedup; off without a model."""
+
+    model: str | None = None  # a run folder, training checkpoint or weights file
+    arch: str | None = None  # architecture of a bare weights file (default: from its shapes)
+    min_score: float | None = None  # reject image-caption cosine under this (None: only store the score)
+    batch_size: int = 64  # samples per model call
+    device: str = "auto"  # where workers run the model: auto (CUDA when there is one), cpu or cuda
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
+
+    def __post_init__(self) -> None:
+        if self.min_score is not None and self.model is None:
+            raise ValueError("min_score needs a model to score with (score.model, --score-model)")
+        if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score is a cosine, between -1 and 1; got {self.min_score}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda") or self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"device must be auto, cpu or cuda and precision auto, fp32, bf16 or fp16 ({self})")
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     sources: UrlListConfig
     text: TextConfig = field(default_factory=TextConfig)
@@ -46,6 +68,7 @@ class BuildConfig:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     image_dedup: ImageDedupConfig = field(default_factory=ImageDedupConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -116,6 +139,9 @@ def _flag_overrides(args: argparse.Namespace, typed: set[str]) -> dict[str, dict
     put("t", "balance", "t")
     put("metadata", "balance", "metadata_path", str(args.metadata))
     put("near_k", "image_dedup", "k")
+    put("score_model", "score", "model")
+    put("score_arch", "score", "arch")
+    put("min_clip_score", "score", "min_score")
     for dest, name in (("image_size", "image_size"), ("resize_mode", "resize_mode"), ("min_image_side", "min_side")):
         put(dest, "image", name)
     for dest in ("samples_per_shard", "threads", "image_workers", "decontaminate", "blocklist"):

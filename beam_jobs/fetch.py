@@ -10,11 +10,11 @@ import dataclasses
 import hashlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import apache_beam as beam
 
 from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
+from pipeline import fsio
 from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.image import RESIZE_MODES, ImageConfig
 from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_retry_source
@@ -87,10 +87,10 @@ def _job_config(args: argparse.Namespace, retry: DatasetManifest | None) -> dict
     if retry is None:
         sources = UrlListConfig(args.candidates, args.format, url_col=args.url_col, caption_col=args.caption_col)
         return config | {"sources": dataclasses.asdict(sources)}
-    source = Path(args.retry_failed).resolve()
-    manifest_sha = hashlib.sha256((source / MANIFEST_NAME).read_bytes()).hexdigest()
+    source = fsio.resolve(args.retry_failed)
+    manifest_sha = hashlib.sha256(fsio.read_bytes(fsio.join(source, MANIFEST_NAME))).hexdigest()
     return config | {
-        "retry_of": {"dataset": str(source), "manifest_sha256": manifest_sha, "reasons": sorted(reasons.TRANSIENT)},
+        "retry_of": {"dataset": source, "manifest_sha256": manifest_sha, "reasons": sorted(reasons.TRANSIENT)},
         "sources": earlier.get("sources"),
     }
 
@@ -100,7 +100,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dataset
         parser.error("give exactly one of --candidates and --retry-failed")
     if not args.retry_failed:
         return None
-    if Path(args.retry_failed).resolve() == Path(args.out).resolve():
+    if fsio.resolve(args.retry_failed) == fsio.resolve(args.out):
         parser.error("--out must be a new folder: a retry writes a new version and leaves DATASET as it is")
     try:
         return load_retry_source(args.retry_failed)
@@ -116,7 +116,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     config = _job_config(args, retry)
     fetch_cfg, image_cfg = fetch_config(args, tries=args.tries), ImageConfig(**config["image"])
     fingerprint = run_fingerprint(config)
-    done = completed_buckets(args.out, fingerprint) if Path(args.out).is_dir() else {}
+    done = completed_buckets(args.out, fingerprint) if fsio.is_dir(args.out) else {}
     if done:
         print(f"resuming: {len(done)} buckets of an earlier run of this job are complete and kept")
     carried = Carried(shards=retry.shards) if retry else Carried()

@@ -177,5 +177,5 @@ def file_sha256(path: str) -> str | None:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
             return digest.hexdigest()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: "<shard>.tar/manifest.json" of a bare tar
         return None

@@ -7,12 +7,12 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import fsio
 from schemas import (
     SAMPLE_SCHEMA,
     DatasetManifest,
@@ -70,20 +70,21 @@ class ReadReport:
         log.warning("%s: %s: %s", shard, reason, detail)
 
 
-def _inside(root: Path, rel: str) -> Path:
+def _inside(root: str, rel: str) -> str:
     """`root/rel`, refusing a manifest path that is absolute or climbs out of the dataset."""
     parts = PurePosixPath(rel).parts
     if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
         raise ValueError(f"{MANIFEST_NAME} lists {rel!r}, which is outside the dataset")
-    return root.joinpath(*parts)
+    return fsio.join(root, *parts)
 
 
 def load_manifest(path: str | os.PathLike) -> DatasetManifest:
-    """The dataset's manifest; FileNotFoundError without one, ValueError (SchemaVersionError) for a bad one."""
-    root = Path(path)
-    where = root / MANIFEST_NAME
+    """The dataset's manifest (local or any Beam FileSystems path); FileNotFoundError without one, ValueError
+    (SchemaVersionError) for a bad one."""
+    root = os.fspath(path)
+    where = fsio.join(root, MANIFEST_NAME)
     try:
-        text = where.read_text(encoding="utf-8")
+        text = fsio.read_text(where)
     except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundError(f"{root}: not a wit-builder dataset (no {MANIFEST_NAME})") from None
     try:
@@ -95,20 +96,22 @@ def load_manifest(path: str | os.PathLike) -> DatasetManifest:
     return manifest
 
 
-def _img2dataset_tars(root: Path) -> list[Path]:
+def _img2dataset_tars(root: str) -> list[str]:
     # Hidden names are writers' temp files, never shards.
-    return sorted(p for p in root.glob("*.tar") if p.is_file() and not p.name.startswith("."))
+    return [p for p in fsio.list_files(root, "*.tar") if not fsio.basename(p).startswith(".")]
 
 
-def _check_dataset_dir(root: Path) -> bool:
+def _check_dataset_dir(root: str) -> bool:
     """True for our layout, False for img2dataset's; an error for anything else."""
-    if (root / MANIFEST_NAME).is_file():
+    if fsio.is_file(fsio.join(root, MANIFEST_NAME)):
         return True
-    if not root.is_dir():
+    if not fsio.is_dir(root):
         raise FileNotFoundError(f"{root}: no such dataset directory")
     if _img2dataset_tars(root):
         return False
-    unfinished = f"; {SHARDS_DIR}/ is there, so its build did not finish" if (root / SHARDS_DIR).is_dir() else ""
+    unfinished = (
+        f"; {SHARDS_DIR}/ is there, so its build did not finish" if fsio.is_dir(fsio.join(root, SHARDS_DIR)) else ""
+    )
     raise FileNotFoundError(
         f"{root}: not a wit-builder dataset (no {MANIFEST_NAME}{unfinished}) nor img2dataset output (no *.tar)"
     )
@@ -129,12 +132,13 @@ def _to_sample_row(src: dict) -> dict:
     return row
 
 
-def _read_rows(parquet_path: Path, label: str, report: ReadReport) -> dict[str, dict] | None:
+def _read_rows(parquet_path: str, label: str, report: ReadReport) -> dict[str, dict] | None:
     """Rows by key from a shard's Parquet: ours as written, img2dataset's success rows mapped onto our names."""
     try:
-        table = pq.read_table(parquet_path)
+        table = fsio.read_parquet(parquet_path)
     except (OSError, pa.ArrowException) as e:
-        report.error(label, BAD_METADATA, f"{parquet_path.name}: {e}; reading the tar's .json members instead")
+        name = fsio.basename(parquet_path)
+        report.error(label, BAD_METADATA, f"{name}: {e}; reading the tar's .json members instead")
         return None
     version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is not None:
@@ -162,14 +166,14 @@ def _junk_after(f: BinaryIO, offset: int) -> bool:
     return False
 
 
-def _member_groups(path: Path, label: str, report: ReadReport) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _member_groups(path: str, label: str, report: ReadReport) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) for each run of consecutive members sharing a key, as WebDataset groups them.
 
     Streams the tar. On corruption reading stops; the members read whole before it still form their group.
     """
     key, parts = None, {}
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with fsio.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 problem = _member_problem(member)
                 if problem:
@@ -239,11 +243,11 @@ def iter_shard(
     Never raises for a bad shard: unsafe members, corruption and mismatches are counted in `report` and skipped.
     A Parquet written under another schema major version is refused (SchemaVersionError).
     """
-    tar_path = Path(tar_path)
-    label = tar_path.name
+    tar_path = os.fspath(tar_path)
+    label = fsio.basename(tar_path)
     report = report if report is not None else ReadReport()
-    rows = _read_rows(Path(parquet_path), label, report) if parquet_path is not None else None
-    if not tar_path.is_file():
+    rows = _read_rows(os.fspath(parquet_path), label, report) if parquet_path is not None else None
+    if not fsio.is_file(tar_path):
         report.error(label, MISSING_FILE, f"{tar_path}: no such file")
         return
     seen: set[str] = set()
@@ -263,87 +267,94 @@ def iter_shard(
         )
 
 
-def _shard_files(root: Path, report: ReadReport) -> Iterator[tuple[Path, Path | None]]:
+def _sibling(tar: str, suffix: str) -> str:
+    """The file beside an img2dataset tar with the same stem: `00000.parquet`, `00000_stats.json`."""
+    return tar.removesuffix(".tar") + suffix
+
+
+def _shard_files(root: str, report: ReadReport) -> Iterator[tuple[str, str | None]]:
     if not _check_dataset_dir(root):
         for tar in _img2dataset_tars(root):
-            parquet = tar.with_suffix(".parquet")
-            yield tar, parquet if parquet.is_file() else None
+            parquet = _sibling(tar, ".parquet")
+            yield tar, parquet if fsio.is_file(parquet) else None
         return
     for shard in load_manifest(root).shards:
         tar, parquet = _inside(root, shard.tar.path), _inside(root, shard.parquet.path)
-        if not tar.is_file():
-            report.error(tar.name, MISSING_FILE, f"{shard.tar.path} is listed in {MANIFEST_NAME} but missing")
+        label = fsio.basename(tar)
+        if not fsio.is_file(tar):
+            report.error(label, MISSING_FILE, f"{shard.tar.path} is listed in {MANIFEST_NAME} but missing")
             continue
-        if not parquet.is_file():
-            report.error(tar.name, MISSING_FILE, f"{shard.parquet.path} is missing; reading the .json members")
-        yield tar, parquet if parquet.is_file() else None
+        has_parquet = fsio.is_file(parquet)
+        if not has_parquet:
+            report.error(label, MISSING_FILE, f"{shard.parquet.path} is missing; reading the .json members")
+        yield tar, parquet if has_parquet else None
 
 
 def read_dataset(path: str | os.PathLike, report: ReadReport | None = None) -> Iterator[Sample]:
     """Every sample of a dataset: ours (only what manifest.json lists) or an img2dataset output folder."""
     report = report if report is not None else ReadReport()
-    for tar, parquet in _shard_files(Path(path), report):
+    for tar, parquet in _shard_files(os.fspath(path), report):
         yield from iter_shard(tar, parquet, report)
 
 
-def _success_rows(tar: Path) -> int:
-    parquet = tar.with_suffix(".parquet")
-    if parquet.is_file():
-        status = pq.read_table(parquet, columns=[fields.STATUS]).column(fields.STATUS).to_pylist()
+def _success_rows(tar: str) -> int:
+    parquet = _sibling(tar, ".parquet")
+    if fsio.is_file(parquet):
+        status = fsio.read_parquet(parquet, columns=[fields.STATUS]).column(fields.STATUS).to_pylist()
         return sum(s == fields.STATUS_SUCCESS for s in status)
-    stats = tar.with_name(f"{tar.stem}_stats.json")
-    return int(json.loads(stats.read_text()).get("successes", 0)) if stats.is_file() else 0
+    stats = _sibling(tar, "_stats.json")
+    return int(json.loads(fsio.read_text(stats)).get("successes", 0)) if fsio.is_file(stats) else 0
 
 
 def list_shards(path: str | os.PathLike) -> list[ShardEntry]:
     """The shards of a dataset. For img2dataset output, rows are its success rows and sha256 is "" (not recorded)."""
-    root = Path(path)
+    root = os.fspath(path)
     if _check_dataset_dir(root):
         return list(load_manifest(root).shards)
     entries = []
     for tar in _img2dataset_tars(root):
-        parquet = tar.with_suffix(".parquet")
-        parquet_bytes = parquet.stat().st_size if parquet.is_file() else 0
+        parquet = _sibling(tar, ".parquet")
+        name = fsio.basename(tar)
         entries.append(
             ShardEntry(
-                name=tar.stem,
+                name=name.removesuffix(".tar"),
                 rows=_success_rows(tar),
-                tar=FileEntry(path=tar.name, bytes=tar.stat().st_size, sha256=""),
-                parquet=FileEntry(path=parquet.name, bytes=parquet_bytes, sha256=""),
+                tar=FileEntry(path=name, bytes=fsio.size(tar), sha256=""),
+                parquet=FileEntry(path=fsio.basename(parquet), bytes=fsio.size(parquet) or 0, sha256=""),
             )
         )
     return entries
 
 
-def _verify_file(root: Path, entry: FileEntry) -> list[str]:
+def _verify_file(root: str, entry: FileEntry) -> list[str]:
     path = _inside(root, entry.path)
-    if not path.is_file():
+    size = fsio.size(path)
+    if size is None:
         return [f"{entry.path}: missing"]
-    size = path.stat().st_size
     if size != entry.bytes:
         return [f"{entry.path}: {size} bytes, manifest says {entry.bytes} (truncated or replaced)"]
-    with open(path, "rb") as f:
+    with fsio.open_read(path) as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if digest != entry.sha256:
         return [f"{entry.path}: sha256 {digest[:16]}..., manifest says {entry.sha256[:16]}... (contents changed)"]
     return []
 
 
-def _verify_rows(root: Path, shard: ShardEntry) -> list[str]:
+def _verify_rows(root: str, shard: ShardEntry) -> list[str]:
     path = _inside(root, shard.parquet.path)
-    if not path.is_file():
+    if not fsio.is_file(path):
         return []  # already reported as missing
     try:
-        rows = pq.ParquetFile(path).metadata.num_rows
+        rows = fsio.parquet_rows(path)
     except (OSError, pa.ArrowException) as e:
         return [f"{shard.parquet.path}: unreadable Parquet footer ({e})"]
     return [] if rows == shard.rows else [f"{shard.parquet.path}: {rows} rows, manifest says {shard.rows}"]
 
 
-def _verify_sizes(root: Path, manifest: DatasetManifest) -> list[str]:
+def _verify_sizes(root: str, manifest: DatasetManifest) -> list[str]:
     expected = {PurePosixPath(s.tar.path).name: s.rows for s in manifest.shards}
     try:
-        sizes = json.loads((root / SIZES_NAME).read_text(encoding="utf-8"))
+        sizes = json.loads(fsio.read_text(fsio.join(root, SIZES_NAME)))
     except FileNotFoundError:
         return [f"{SIZES_NAME}: missing"]
     except ValueError as e:
@@ -367,7 +378,7 @@ def verify_dataset(path: str | os.PathLike, progress: Callable[[FileEntry], None
     Returns one line per problem; empty means the dataset is exactly what its manifest says. `progress` is
     called after each file is checked.
     """
-    root = Path(path)
+    root = os.fspath(path)
     manifest = load_manifest(root)
     problems: list[str] = []
     for entry in manifest.files():

@@ -5,19 +5,18 @@ import io
 import json
 import math
 import os
-import shutil
 import tarfile
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import fsio
 from schemas import (
     REJECTION_SCHEMA,
     SAMPLE_SCHEMA,
@@ -45,7 +44,7 @@ PARQUET_OPTIONS = {
     "write_statistics": True,
 }
 KEPT = "kept"  # the funnel's count of candidates a stage let through, beside its reason codes
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = fsio.TMP_SUFFIX
 
 
 class _HashingFile:
@@ -69,64 +68,35 @@ class _HashingFile:
         return self._sha.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself lives in the directory: without this a power loss can forget a file we reported written.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(final: Path) -> None:
-    """Delete temp files a killed writer left for `final`.
-
-    Two live attempts at one shard (a Beam speculative retry) can race here; the loser's rename then fails and
-    Beam retries it, and since shards are deterministic the file that survives is the same either way.
-    """
-    for stale in final.parent.glob(f".{final.name}.*{TMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-
-
 @contextmanager
-def _atomic_file(final: Path) -> Iterator[_HashingFile]:
-    """Write under a hidden name unique to this writer, fsync, then rename: `final` is whole or absent."""
-    tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "xb") as raw:
-            out = _HashingFile(raw)
-            yield out
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+def _atomic_file(final: str) -> Iterator[_HashingFile]:
+    """Write under a hidden name unique to this writer (fsynced when local), then rename: `final` is whole or absent."""
+    with fsio.atomic_write(final) as raw:
+        yield _HashingFile(raw)
 
 
-def write_file_atomic(root: Path, rel: str, data: bytes) -> FileEntry:
-    """Write `root/rel` atomically (temp name, fsync, rename) and return its entry."""
-    final = root / rel
-    _remove_stale_temps(final)
+def _write_atomic(final: str, rel: str, write) -> FileEntry:
+    fsio.remove_stale_temps(final)
     with _atomic_file(final) as out:
-        out.write(data)
+        write(out)
     return FileEntry(path=rel, bytes=out.size, sha256=out.hexdigest())
 
 
-def _invalidate_manifest(root: Path) -> None:
+def write_file_atomic(root: str | os.PathLike, rel: str, data: bytes) -> FileEntry:
+    """Write `root/rel` atomically (temp name, fsync, rename) and return its entry; root may be any Beam path."""
+    return _write_atomic(fsio.join(root, rel), rel, lambda out: out.write(data))
+
+
+def _invalidate_manifest(root: str) -> None:
     """Remove manifest.json and sizes.json before any file of the dataset changes.
 
     Otherwise a rerun killed midway would leave the old manifest describing a mix of old and new shards.
     """
     removed = False
     for name in (MANIFEST_NAME, SIZES_NAME, f"{SHARDS_DIR}/{SIZES_NAME}"):
-        path = root / name
-        if path.exists():
-            path.unlink(missing_ok=True)
-            removed = True
+        removed |= fsio.remove(fsio.join(root, name))
     if removed:
-        _fsync_dir(root)
+        fsio.fsync_dir(root)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -213,19 +183,17 @@ def write_shard(dataset_dir: str | os.PathLike, index: int, samples: Iterable[tu
     `samples` are (sample row with SAMPLE_SCHEMA fields, image bytes). Independent of every other shard, so a Beam
     DoFn can call it per shard; it removes the dataset's manifest first, since the dataset is changing.
     """
-    root = Path(dataset_dir)
+    root = os.fspath(dataset_dir)
     name = shard_name(index)
     prepared = _prepare_samples(samples)
     table = conform([row for row, _, _ in prepared], SAMPLE_SCHEMA)
     # The .json members come from the Arrow rows, so they hold exactly what Parquet holds (float32 scores included).
     rows = table.to_pylist()
-    (root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    fsio.mkdirs(fsio.join(root, SHARDS_DIR))
     _invalidate_manifest(root)
     tar_rel = f"{SHARDS_DIR}/{name}.tar"
-    _remove_stale_temps(root / tar_rel)
-    with _atomic_file(root / tar_rel) as out:
-        _write_tar(out, rows, [(image, ext) for _, image, ext in prepared])
-    tar_entry = FileEntry(path=tar_rel, bytes=out.size, sha256=out.hexdigest())
+    images = [(image, ext) for _, image, ext in prepared]
+    tar_entry = _write_atomic(fsio.join(root, tar_rel), tar_rel, lambda out: _write_tar(out, rows, images))
     parquet_entry = write_file_atomic(root, f"{SHARDS_DIR}/{name}.parquet", _parquet_bytes(table))
     return ShardEntry(name=name, rows=len(rows), tar=tar_entry, parquet=parquet_entry)
 
@@ -236,7 +204,7 @@ def renumber_shards(dataset_dir: str | os.PathLike, shards: Iterable[ShardEntry]
     Done before the manifest is written, so no reader sees the old names. Ascending order never overwrites a shard
     not yet moved: each new number is at most the old one.
     """
-    root = Path(dataset_dir)
+    root = os.fspath(dataset_dir)
     out = []
     for number, shard in enumerate(sorted(shards, key=lambda s: s.name), start):
         name = shard_name(number)
@@ -247,38 +215,27 @@ def renumber_shards(dataset_dir: str | os.PathLike, shards: Iterable[ShardEntry]
             raise ValueError(f"renumbering would move shard {shard.name} up to {name}; give a smaller start")
         entries = []
         for entry in (shard.tar, shard.parquet):
-            rel = f"{SHARDS_DIR}/{name}{Path(entry.path).suffix}"
-            moved = not (root / entry.path).exists() and (root / rel).is_file()  # a retried finalize: already done
+            rel = f"{SHARDS_DIR}/{name}{PurePosixPath(entry.path).suffix}"
+            src, dst = fsio.join(root, entry.path), fsio.join(root, rel)
+            moved = not fsio.exists(src) and fsio.is_file(dst)  # a retried finalize: already done
             if not moved:
-                os.replace(root / entry.path, root / rel)
+                fsio.rename(src, dst)
             entries.append(FileEntry(path=rel, bytes=entry.bytes, sha256=entry.sha256))
         out.append(ShardEntry(name=name, rows=shard.rows, tar=entries[0], parquet=entries[1]))
-    _fsync_dir(root / SHARDS_DIR)
+    fsio.fsync_dir(fsio.join(root, SHARDS_DIR))
     return out
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".link" + TMP_SUFFIX)
-    tmp.unlink(missing_ok=True)
-    try:
-        # A hard link costs nothing, and is safe: our writers replace files by rename, never rewrite them in place.
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def carry_files(old_root: str | os.PathLike, new_root: str | os.PathLike, entries: Iterable[FileEntry]) -> None:
     """Put files of one dataset into another at the same relative paths (hard links where possible), after checking
     each is the size its manifest records. Rerunnable: a file already carried is linked again, which changes nothing.
+    Either root may be remote (then the file is copied).
     """
-    old, new = Path(old_root), Path(new_root)
     for entry in entries:
-        src = old / entry.path
-        if not src.is_file() or src.stat().st_size != entry.bytes:
+        src = fsio.join(old_root, entry.path)
+        if fsio.size(src) != entry.bytes:
             raise ValueError(f"{src}: missing or not the size its manifest records; verify the dataset first")
-        _link_or_copy(src, new / entry.path)
+        fsio.copy_file(src, fsio.join(new_root, entry.path))
 
 
 def write_rejections(dataset_dir: str | os.PathLike, part: str, rows: Iterable[Mapping]) -> FileEntry:
@@ -289,8 +246,8 @@ def write_rejections(dataset_dir: str | os.PathLike, part: str, rows: Iterable[M
         _check_count(row.get(fields.STAGE), row.get(fields.REASON))
     rows.sort(key=lambda row: json.dumps(row, sort_keys=True, default=str))
     table = conform(rows, REJECTION_SCHEMA)
-    root = Path(dataset_dir)
-    (root / REJECTED_DIR).mkdir(parents=True, exist_ok=True)
+    root = os.fspath(dataset_dir)
+    fsio.mkdirs(fsio.join(root, REJECTED_DIR))
     _invalidate_manifest(root)
     return write_file_atomic(root, f"{REJECTED_DIR}/{part}.parquet", _parquet_bytes(table))
 
@@ -312,9 +269,8 @@ def _funnel(counts: Mapping, kept: int) -> dict[str, dict[str, int]]:
     return funnel
 
 
-def _check_written(root: Path, entry: FileEntry) -> None:
-    path = root / entry.path
-    if not path.is_file() or path.stat().st_size != entry.bytes:
+def _check_written(root: str, entry: FileEntry) -> None:
+    if fsio.size(fsio.join(root, entry.path)) != entry.bytes:
         raise ValueError(f"{entry.path}: missing or not the {entry.bytes} bytes written; was it overwritten?")
 
 
@@ -329,7 +285,7 @@ def finalize_dataset(
 
     Entries may come in any order (Beam gives no order); they are sorted so the manifest is reproducible.
     """
-    root = Path(dataset_dir)
+    root = os.fspath(dataset_dir)
     shards = tuple(sorted(shards, key=lambda s: s.name))
     rejected = tuple(sorted(rejected, key=lambda f: f.path))
     names = [s.name for s in shards] + [f.path for f in rejected]
@@ -345,7 +301,7 @@ def finalize_dataset(
     for entry in manifest.files():
         _check_written(root, entry)
     text = manifest.to_json()  # before anything is written: a config that is not JSON fails here
-    sizes = {Path(s.tar.path).name: s.rows for s in shards}
+    sizes = {PurePosixPath(s.tar.path).name: s.rows for s in shards}
     sizes_json = (json.dumps(sizes, indent=2, sort_keys=True) + "\n").encode()
     write_file_atomic(root, SIZES_NAME, sizes_json)
     if shards:  # open_clip looks for sizes.json beside the tars, not at the dataset root
@@ -371,7 +327,7 @@ class DatasetWriter:
     ):
         if samples_per_shard < 1 or rejections_per_part < 1:
             raise ValueError("samples_per_shard and rejections_per_part must be at least 1")
-        self.dataset_dir = Path(dataset_dir)
+        self.dataset_dir = Path(dataset_dir) if fsio.is_local(dataset_dir) else os.fspath(dataset_dir)
         self.samples_per_shard = samples_per_shard
         self.rejections_per_part = rejections_per_part
         self.config = dict(config or {})
@@ -383,8 +339,8 @@ class DatasetWriter:
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def __enter__(self) -> "DatasetWriter":
-        self.dataset_dir.mkdir(parents=True, exist_ok=True)
-        _invalidate_manifest(self.dataset_dir)
+        fsio.mkdirs(self.dataset_dir)
+        _invalidate_manifest(os.fspath(self.dataset_dir))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

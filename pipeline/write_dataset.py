@@ -6,12 +6,13 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline import fsio
 from pipeline.shards import finalize_dataset, renumber_shards, write_file_atomic, write_rejections, write_shard
 from schemas import FileEntry, ShardEntry, fields
 from schemas.manifest import SHARDS_DIR
@@ -45,7 +46,7 @@ class Carried:
     def first_index(self) -> int:
         """Where new shards and parts start numbering: after everything carried, so names never collide."""
         numbers = [int(s.name) for s in self.shards if s.name.isdigit()]
-        numbers += [int(d) for f in self.rejected if (d := Path(f.path).stem.rpartition("-")[2]).isdigit()]
+        numbers += [int(d) for f in self.rejected if (d := PurePosixPath(f.path).stem.rpartition("-")[2]).isdigit()]
         return max(numbers, default=-1) + 1
 
 
@@ -105,22 +106,23 @@ def write_bucket(
     for (stage, reason), n in sorted(Counter((r[fields.STAGE], r[fields.REASON]) for r in rejections).items()):
         counts.setdefault(stage, {})[reason] = n
     result = BucketResult(index, buckets, fingerprint, shard, part, counts)
-    write_file_atomic(Path(root), f"{SHARDS_DIR}/{MARKER_PREFIX}{index:05d}.json", result.to_json().encode())
+    fsio.mkdirs(fsio.join(root, SHARDS_DIR))  # a bucket that kept nothing wrote no shard, so made no folder
+    write_file_atomic(root, f"{SHARDS_DIR}/{MARKER_PREFIX}{index:05d}.json", result.to_json().encode())
     return result
 
 
 def completed_buckets(root: str, fingerprint: str) -> dict[int, BucketResult]:
     """Buckets an earlier run of the same job finished, whose files are still there at their recorded sizes."""
     done = {}
-    for marker in sorted((Path(root) / SHARDS_DIR).glob(f"{MARKER_PREFIX}*.json")):
+    for marker in fsio.list_files(fsio.join(root, SHARDS_DIR), f"{MARKER_PREFIX}*.json"):
         try:
-            result = BucketResult.from_json(marker.read_text())
+            result = BucketResult.from_json(fsio.read_text(marker))
         except (ValueError, KeyError, TypeError):
             continue  # a marker we cannot read is a bucket to redo
         files = ([result.shard.tar, result.shard.parquet] if result.shard else []) + (
             [result.rejected] if result.rejected else []
         )
-        intact = all((Path(root) / f.path).is_file() and (Path(root) / f.path).stat().st_size == f.bytes for f in files)
+        intact = all(fsio.size(fsio.join(root, f.path)) == f.bytes for f in files)
         if result.fingerprint == fingerprint and intact:
             done[result.index] = result
     return done

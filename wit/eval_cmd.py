@@ -14,6 +14,8 @@ from wit import CommandError
 _EPILOG = """\
 labelled sets (--zeroshot, --shifts, --linear-probe) are folders holding labels.parquet (path, label[, split]) and
 the images, or image-folder trees (one subfolder per class; class name = folder name, _ and - read as spaces).
+A --zeroshot set may also be shards (our dataset, img2dataset output, a .tar) whose samples name their class in a
+field of their .json member: say which with --label-field (img2dataset's --save_additional_columns writes one).
 --web WEBDIR evaluates a synthetic web's eval/ (by split: train vs held-out classes) and every eval_shift/<shift>/
 with the same classifier, reporting each shift's accuracy drop. Retrieval treats identical captions as one text.
 Results go to --out as JSON; a summary table is printed.
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="SPEC", help="a `wit train` run folder, a checkpoint, or a weights file")
     p.add_argument("--arch", metavar="NAME", help="architecture of bare weights: a named config or a JSON path")
     p.add_argument("--zeroshot", nargs="+", action="extend", default=[], metavar="DIR", help="labelled sets")
+    p.add_argument("--label-field", metavar="NAME", help="--zeroshot shards: the JSON field holding each class")
     p.add_argument("--web", type=Path, metavar="WEBDIR", help="a synthetic web: eval/ and every eval_shift/<shift>/")
     p.add_argument("--shifts", nargs="+", action="extend", default=[], metavar="DIR",
                    help="shifted copies of the first --zeroshot set: robustness against it")  # fmt: skip
@@ -75,6 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CommandError("nothing to evaluate: give --zeroshot, --web, --retrieval or --linear-probe")
     if args.batch_size < 1 or args.workers < 0:
         raise CommandError("--batch-size must be >= 1 and --workers >= 0")
+    _check_shard_sets(args)
     embeddings_given = args.retrieval is not None and (Path(args.retrieval) / INFO_FILE).is_file()
     needs_model = args.zeroshot or args.web or args.linear_probe or (args.retrieval and not embeddings_given)
     if needs_model and not args.model:
@@ -88,10 +92,24 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_shard_sets(args: argparse.Namespace) -> None:
+    """Shards need --label-field, and are zero-shot sets only (shifts compare folders); before any model loads."""
+    from clipmodel.labelled_shards import is_shard_set
+
+    shards = [f for f in args.zeroshot if is_shard_set(f)]
+    if shards and not args.label_field:
+        raise CommandError(f"--zeroshot {shards[0]} holds shards: give --label-field, the JSON field naming each class")
+    if args.label_field and not shards:
+        raise CommandError("--label-field applies to --zeroshot shards, and no --zeroshot set is shards")
+    if args.shifts and shards and args.zeroshot[0] in shards:
+        raise CommandError("--shifts compares labelled folders; the first --zeroshot set is shards")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Every evaluation the arguments ask for, as one JSON-ready dict."""
     from clipmodel.eval import EvalConfig, evaluate_shifts, evaluate_zeroshot
     from clipmodel.inference import load_model, resolve_device
+    from clipmodel.labelled_shards import evaluate_zeroshot_shards, is_shard_set
     from clipmodel.templates import load_templates
     from clipmodel.zeroshot import read_labels
 
@@ -114,7 +132,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         zeroshot[str(sets[reference])] = out["reports"][reference]
         robustness[str(sets[reference])] = out["robustness"]
     for folder in args.zeroshot:
-        if folder not in zeroshot:
+        if folder in zeroshot:
+            continue
+        if is_shard_set(folder):
+            zeroshot[folder] = evaluate_zeroshot_shards(model, resolution, folder, args.label_field, cfg, device)
+            zeroshot[folder]["label_field"] = args.label_field
+        else:
             zeroshot[folder] = evaluate_zeroshot(model, resolution, read_labels(folder), cfg, device)
     if zeroshot:
         results["zeroshot"] = zeroshot

@@ -220,7 +220,7 @@ def write_balance_counts(root: str | Path, before: Mapping[str, int], after: Map
     """Write root/balance_counts.parquet atomically, with the shard writer's fixed Parquet options."""
     sink = pa.BufferOutputStream()
     pq.write_table(counts_table(before, after), sink, **PARQUET_OPTIONS)
-    return write_file_atomic(Path(root), BALANCE_COUNTS_NAME, sink.getvalue().to_pybytes())
+    return write_file_atomic(root, BALANCE_COUNTS_NAME, sink.getvalue().to_pybytes())
 
 
 class _Match(beam.DoFn):

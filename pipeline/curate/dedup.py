@@ -6,14 +6,13 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import apache_beam as beam
 import idna
-import pyarrow.parquet as pq
 
+from pipeline import fsio
 from pipeline.batches import PARTITION_ROWS, CountRows, PartitionRows, Rows, batched, partition_of, partitions_for
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
@@ -260,17 +259,16 @@ class DedupCandidates(beam.PTransform):
 
 def shard_urls(dataset: str | os.PathLike, shard: ShardEntry) -> Iterator[str]:
     """Normalized URLs of a shard's samples, from its Parquet (img2dataset's failed rows skipped) or .json members."""
-    root = Path(dataset)
-    parquet, tar = root / shard.parquet.path, root / shard.tar.path
-    if parquet.is_file():
-        names = pq.read_schema(parquet).names
+    parquet, tar = fsio.join(dataset, shard.parquet.path), fsio.join(dataset, shard.tar.path)
+    if fsio.is_file(parquet):
+        names = fsio.parquet_schema(parquet).names
         if fields.URL not in names:
             raise ValueError(f"{parquet}: no {fields.URL} column, so its samples cannot be excluded")
-        table = pq.read_table(parquet, columns=[n for n in (fields.URL, fields.STATUS) if n in names])
+        table = fsio.read_parquet(parquet, columns=[n for n in (fields.URL, fields.STATUS) if n in names])
         urls = table.column(fields.URL).to_pylist()
         status = table.column(fields.STATUS).to_pylist() if fields.STATUS in names else [None] * len(urls)
         rows = zip(urls, status, strict=True)
-    elif tar.is_file():
+    elif fsio.is_file(tar):
         rows = ((s.row.get(fields.URL), s.row.get(fields.STATUS)) for s in iter_shard(tar))
     else:  # an exclusion that quietly excludes nothing would let old samples back in
         raise FileNotFoundError(f"{dataset}: neither {shard.parquet.path} nor {shard.tar.path} is there")

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline import fsio
 from pipeline.fetch.image import image_signals, to_rgb
-from pipeline.shard_reader import list_shards
+from pipeline.shard_reader import iter_shard, list_shards
 from schemas import fields, reasons
 from schemas.records import SCHEMA_VERSION_KEY
 from schemas.version import phash_comparable
@@ -59,7 +59,7 @@ def blocklist_entry(line: str, where: str) -> RefHash | None:
 
 
 def iter_blocklist(path: str | os.PathLike) -> Iterator[RefHash]:
-    with open(path, encoding="utf-8") as f:
+    with fsio.open_read(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             entry = blocklist_entry(line, f"{path}:{n}")
             if entry is not None:
@@ -71,36 +71,48 @@ def load_blocklist(path: str | os.PathLike) -> list[RefHash]:
     return list(iter_blocklist(path))
 
 
+def eval_image_paths(root: str | os.PathLike) -> list[str]:
+    """Image files under `root` (local or any Beam FileSystems path), recursively, in a stable order: that of their
+    relative paths compared folder by folder, as pathlib orders them."""
+    paths = [p for p in fsio.walk_files(root) if os.path.splitext(fsio.basename(p))[1].lower() in EVAL_EXTS]
+    return sorted(paths, key=lambda p: fsio.relative(p, root).split("/"))
+
+
 def eval_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under `root`, recursively, in a stable order."""
-    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in EVAL_EXTS and p.is_file())
+    """Image files under a local `root`, recursively, in a stable order."""
+    return [Path(p) for p in eval_image_paths(root)]
+
+
+def _signals(data: bytes) -> tuple[Image.Image, int, int]:
+    """(RGB picture, phash, colour signature) of encoded image bytes, as the fetch stage computes them (RGB,
+    orientation applied); raises whatever Pillow raises for bytes that are not an image."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        rgb = to_rgb(img)
+        ph, colour = image_signals(rgb)
+    return rgb, ph, colour
 
 
 def eval_image_hash(path: str | os.PathLike, root: str | os.PathLike) -> RefHash:
     """sha256 of the file, and phash, size and colour signature of the picture as the fetch stage computes them
     (RGB, orientation applied)."""
-    path = Path(path)
-    data = path.read_bytes()
+    data = fsio.read_bytes(path)
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            rgb = to_rgb(img)
-            ph, colour = image_signals(rgb)
+        rgb, ph, colour = _signals(data)
     except Exception as e:  # an eval image we cannot read would leave a hole in decontamination: say so
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    detail = path.relative_to(root).as_posix()
+    detail = fsio.relative(os.fspath(path), root)
     return RefHash(hashlib.sha256(data).hexdigest(), ph, detail, rgb.width, rgb.height, colour)
 
 
 def eval_hashes(root: str | os.PathLike) -> list[RefHash]:
     """Hashes of every image of an evaluation folder (jpg, png, webp, recursively)."""
-    return [eval_image_hash(p, root) for p in eval_images(root)]
+    return [eval_image_hash(p, root) for p in eval_image_paths(root)]
 
 
-def dataset_parquets(path: str | os.PathLike) -> list[Path]:
+def dataset_parquets(path: str | os.PathLike) -> list[str]:
     """The shard Parquet files of a dataset, ours (as its manifest lists them) or img2dataset's."""
-    root = Path(path)
-    return [root / s.parquet.path for s in list_shards(root) if (root / s.parquet.path).is_file()]
+    return [p for p in (fsio.join(path, s.parquet.path) for s in list_shards(path)) if fsio.is_file(p)]
 
 
 _REF_COLUMNS = (
@@ -113,25 +125,51 @@ _REF_COLUMNS = (
 )
 
 
+def image_signals_of_shard(tar: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """{key: (phash, colour signature)} of the images a shard tar holds, computed as the fetch stage computes them.
+
+    For a Parquet without usable phashes; the stored image is the resized one, whose phash lies a bit or two from
+    the original's, well within near-duplicate distance. An image that does not decode is left out."""
+    out = {}
+    for sample in iter_shard(tar):
+        try:
+            _, ph, colour = _signals(sample.image)
+        except Exception:  # a broken image in an earlier dataset still matches on its sha256
+            continue
+        out[sample.key] = (ph, colour)
+    return out
+
+
 def parquet_hashes(parquet: str | os.PathLike, label: str) -> Iterator[RefHash]:
-    """sha256, phash and signals of each row of one shard Parquet, detail `label/key`. img2dataset's has no phash,
-    and one of ours from before phash was redefined (schema 1.0) has one we cannot compare: both match on sha256."""
-    schema = pq.read_schema(parquet)
+    """sha256, phash and signals of each row of one shard Parquet, detail `label/key`.
+
+    Rows without a phash we can compare (img2dataset's Parquet has none; one of ours from before phash was redefined,
+    schema 1.0, has one computed another way; a writer may have left it null) get the phash and colour signature of
+    their image when the shard's tar is beside the Parquet (same name, .tar); without it they match on sha256 only.
+    """
+    parquet = os.fspath(parquet)
+    schema = fsio.parquet_schema(parquet)
     version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     columns = [c for c in _REF_COLUMNS if c in schema.names]
     if not phash_comparable(version.decode() if version else None):
         columns = [c for c in columns if c not in (fields.PHASH, fields.COLOUR_SIG)]
-    table = pq.read_table(parquet, columns=columns)
+    table = fsio.read_parquet(parquet, columns=columns)
     n = table.num_rows
     cols = [table.column(c).to_pylist() if c in columns else [None] * n for c in _REF_COLUMNS]
+    computed: dict[str, tuple[int, int]] = {}
+    tar = parquet.removesuffix(".parquet") + ".tar"
+    if None in cols[_REF_COLUMNS.index(fields.PHASH)] and fsio.is_file(tar):
+        computed = image_signals_of_shard(tar)
     for key, sha, ph, width, height, colour in zip(*cols, strict=True):
+        if ph is None and str(key) in computed:
+            ph, colour = computed[str(key)]
         if sha is not None or ph is not None:
             yield RefHash(sha, ph, f"{label}/{key}", width, height, colour)
 
 
 def dataset_hashes(path: str | os.PathLike) -> list[RefHash]:
     """Hashes of every sample of an earlier dataset."""
-    label = Path(path).name
+    label = fsio.basename(path)
     return [h for parquet in dataset_parquets(path) for h in parquet_hashes(parquet, label)]
 
 
@@ -146,11 +184,11 @@ class ReferenceSet:
     def __post_init__(self) -> None:
         if self.reason not in REFERENCE_REASONS:
             raise ValueError(f"a reference set's reason must be one of {REFERENCE_REASONS}, got {self.reason!r}")
-        if not Path(self.path).exists():
+        if not fsio.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no such file or directory ({self.reason} reference set)")
         if self.reason == reasons.BLOCKLISTED:
             deque(iter_blocklist(self.path), maxlen=0)  # every line checked now, none kept: a blocklist may be large
-        elif self.reason == reasons.EVAL_CONTAMINATION and not eval_images(self.path):
+        elif self.reason == reasons.EVAL_CONTAMINATION and not eval_image_paths(self.path):
             raise ValueError(f"{self.path}: no {'/'.join(EVAL_EXTS)} images to decontaminate against")
 
     @property
@@ -162,8 +200,8 @@ class ReferenceSet:
         if self.reason == reasons.BLOCKLISTED:
             return [str(self.path)]
         if self.reason == reasons.EVAL_CONTAMINATION:
-            return [str(p) for p in eval_images(self.path)]
-        return [str(p) for p in dataset_parquets(self.path)]
+            return eval_image_paths(self.path)
+        return dataset_parquets(self.path)
 
     def read(self, unit: str) -> Iterator[RefHash]:
         if self.reason == reasons.BLOCKLISTED:
@@ -171,7 +209,7 @@ class ReferenceSet:
         elif self.reason == reasons.EVAL_CONTAMINATION:
             yield eval_image_hash(unit, self.path)
         else:
-            yield from parquet_hashes(unit, Path(self.path).name)
+            yield from parquet_hashes(unit, fsio.basename(self.path))
 
     def hashes(self) -> Iterator[RefHash]:
         for unit in self.units():

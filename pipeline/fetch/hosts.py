@@ -3,11 +3,9 @@
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pyarrow.parquet as pq
-
+from pipeline import fsio
 from pipeline.shard_reader import load_manifest
 from schemas import fields, reasons
 
@@ -41,8 +39,7 @@ def host_summary(
 ) -> list[HostOutcomes]:
     """Kept samples and the rejections of `stages` (by default what fetching met) per host of a finished dataset,
     most candidates first. Reads three columns only."""
-    root = Path(dataset_dir)
-    manifest = load_manifest(root)
+    manifest = load_manifest(dataset_dir)
     hosts: dict[str, HostOutcomes] = {}
 
     def get(url: str | None) -> HostOutcomes:
@@ -50,10 +47,10 @@ def host_summary(
         return hosts.setdefault(host, HostOutcomes(host))
 
     for shard in manifest.shards:
-        for url in pq.read_table(root / shard.parquet.path, columns=[fields.URL]).column(0).to_pylist():
+        for url in fsio.read_parquet(fsio.join(dataset_dir, shard.parquet.path), [fields.URL]).column(0).to_pylist():
             get(url).kept += 1
     for part in manifest.rejected:
-        table = pq.read_table(root / part.path, columns=[fields.URL, fields.STAGE, fields.REASON])
+        table = fsio.read_parquet(fsio.join(dataset_dir, part.path), [fields.URL, fields.STAGE, fields.REASON])
         for url, stage, reason in zip(*(c.to_pylist() for c in table.columns), strict=True):
             if stage in stages:
                 get(url).reasons[reason] += 1

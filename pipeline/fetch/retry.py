@@ -2,12 +2,12 @@
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline import fsio
 from pipeline.shard_reader import load_manifest
 from pipeline.shards import carry_files
 from schemas import DatasetManifest, FileEntry, ShardEntry, fields, reasons
@@ -35,10 +35,9 @@ def carry_shards(old_root: str | os.PathLike, new_root: str | os.PathLike, shard
 
 def load_retry_source(path: str | os.PathLike) -> DatasetManifest:
     """The manifest of the dataset to retry; a clear error if it is not one of ours or has no rejections to read."""
-    root = Path(path)
-    if not (root / MANIFEST_NAME).is_file():
-        raise ValueError(f"{root}: no {MANIFEST_NAME}; --retry-failed takes a dataset written by wit fetch or build")
-    return load_manifest(root)
+    if not fsio.is_file(fsio.join(path, MANIFEST_NAME)):
+        raise ValueError(f"{path}: no {MANIFEST_NAME}; --retry-failed takes a dataset written by wit fetch or build")
+    return load_manifest(path)
 
 
 def _split(row: dict):
@@ -56,7 +55,7 @@ class ReadFailed(beam.PTransform):
 
     def __init__(self, dataset_dir: str, parts: Iterable[FileEntry]):
         super().__init__()
-        self.paths = [str(Path(dataset_dir) / p.path) for p in parts]
+        self.paths = [fsio.join(dataset_dir, p.path) for p in parts]
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
     def expand(self, pbegin: beam.pvalue.PBegin) -> Any:

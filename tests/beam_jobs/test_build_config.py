@@ -46,3 +46,16 @@ def test_config_errors_name_what_is_wrong(tmp_path):
     (tmp_path / "bad3.json").write_text(json.dumps({"dedup": {"by": "everything"}}))
     with pytest.raises(ValueError, match="dedup"):
         _resolve(["--candidates", "c", "--out", "o", "--config", str(tmp_path / "bad3.json")])
+
+
+def test_the_score_section_from_a_file_and_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("score:\n  model: a.pt\n  batch_size: 32\n  min_score: 0.2\n")
+    base = ["--candidates", "c", "--out", "o", "--config", str(tmp_path / "c.yaml")]
+    cfg = _resolve(base)
+    assert (cfg.score.model, cfg.score.batch_size, cfg.score.min_score, cfg.score.arch) == ("a.pt", 32, 0.2, None)
+    cfg = _resolve(base + ["--score-model", "b.pt", "--score-arch", "tiny", "--min-clip-score", "0.3"])
+    assert (cfg.score.model, cfg.score.arch, cfg.score.min_score, cfg.score.batch_size) == ("b.pt", "tiny", 0.3, 32)
+    assert cfg.to_dict()["score"]["model"] == "b.pt"
+    assert _resolve(["--candidates", "c", "--out", "o"]).score.model is None  # off by default
+    with pytest.raises(ValueError, match="needs a model"):
+        _resolve(["--candidates", "c", "--out", "o", "--min-clip-score", "0.3"])

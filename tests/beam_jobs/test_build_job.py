@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from memfs import clear, files_under, upload
 
 from beam_jobs import build, crawl
+from pipeline import fsio
 from pipeline.shard_reader import load_manifest, read_dataset, verify_dataset
 from schemas import fields, reasons
 from schemas.manifest import BALANCE_COUNTS_NAME
@@ -34,9 +36,9 @@ def built(served_web, web_dir, candidates, tmp_path_factory) -> Path:
     return out
 
 
-def _rejections(root: Path) -> list[dict]:
+def _rejections(root: Path | str) -> list[dict]:
     manifest = load_manifest(root)
-    return pq.read_table([str(root / f.path) for f in manifest.rejected]).to_pylist()
+    return [row for f in manifest.rejected for row in fsio.read_parquet(fsio.join(root, f.path)).to_pylist()]
 
 
 def test_every_candidate_is_kept_or_rejected_once(built, candidates):
@@ -163,3 +165,44 @@ def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, serve
         + ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
     )
     assert digests(out) == digests(built)
+
+
+def test_the_build_writes_to_another_filesystem(built, candidates, web_dir, served_web):
+    """--out on a non-local Beam FileSystem (memfs://, in this process): the same dataset, byte for byte."""
+    served_web.reset()
+    out = "memfs://bucket/dataset"
+    try:
+        build.run(_build_args(candidates, out, web_dir))
+        local = {p.relative_to(built).as_posix(): p.read_bytes() for p in built.rglob("*") if p.is_file()}
+        assert files_under(out) == local  # shards, rejections, manifest, sizes, balance counts; no staging left
+        assert verify_dataset(out) == [] and load_manifest(out).counts == load_manifest(built).counts
+        assert [s.key for s in read_dataset(out)] == [s.key for s in read_dataset(built)]
+        assert sorted(map(str, _rejections(out))) == sorted(map(str, _rejections(built)))
+    finally:
+        clear(out)
+
+
+def test_exclusions_are_read_from_another_filesystem(built, candidates, web_dir, served_web, tmp_path):
+    """--exclude-from and --decontaminate on memfs://: what `built` kept is now seen before, leaks stay leaks."""
+    earlier, evals = upload(built, "memfs://refs/earlier"), upload(web_dir / "eval", "memfs://refs/eval")
+    out = tmp_path / "again"
+    args = [
+        "--candidates", f"{candidates}/candidates-*.parquet", "--out", str(out), "--allow-private",
+        "--exclude-from", earlier, "--decontaminate", evals, "--samples-per-shard", "16", "--threads", "16",
+    ]  # fmt: skip
+    served_web.reset()
+    try:
+        build.run(args)
+    finally:
+        clear("memfs://refs")
+    assert verify_dataset(out) == []
+    before = {r[fields.KEY]: r for r in _rejections(built)}
+    now = {r[fields.KEY]: r for r in _rejections(out)}
+    kept_before = [s.key for s in read_dataset(built)]
+    assert kept_before and all(now[k][fields.REASON] == reasons.SEEN_BEFORE for k in kept_before)
+    seen = {r[fields.DETAIL] for r in now.values() if r[fields.REASON] == reasons.SEEN_BEFORE}
+    assert f"in {earlier}" in seen  # by URL, while curating
+    assert any(d.startswith("earlier/") for d in seen)  # by image: copies of what `built` kept, from its shards
+    leaks = {k for k, r in before.items() if r[fields.REASON] == reasons.EVAL_CONTAMINATION}
+    assert leaks and leaks == {k for k, r in now.items() if r[fields.REASON] == reasons.EVAL_CONTAMINATION}
+    assert list(read_dataset(out)) == []  # all of `built` and the copies of it: nothing new on this web

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from memfs import clear, files_under
 from PIL import Image
 
 from beam_jobs import fetch
@@ -83,6 +84,29 @@ def test_retry_fetches_only_transient_failures_and_writes_a_new_version(tmp_path
     assert len(summary) == 1 and summary[0].kept == 9
     assert dict(summary[0].reasons) == {reasons.HTTP_5XX: 3, reasons.HTTP_4XX: 1}
     assert "http_5xx 3" in format_host_summary(summary)
+
+
+def test_fetch_and_retry_on_another_filesystem(tmp_path, flaky_site):
+    """Both versions on memfs:// (a non-local Beam FileSystem, in this process): written, resumed from, carried."""
+    urls = [f"{flaky_site}/{i}.jpg" for i in range(12)] + [f"{flaky_site}/gone.jpg"]
+    pq.write_table(pa.table({"url": urls, "caption": [f"picture {i}" for i in range(13)]}), tmp_path / "l.parquet")
+    common = ["--allow-private", "--threads", "4"]
+    v1, v2 = "memfs://retry/v1", "memfs://retry/v2"
+    try:
+        fetch.run(["--candidates", str(tmp_path / "l.parquet"), "--out", v1, "--samples-per-shard", "5"] + common)
+        assert load_manifest(v1).rows == 9 and verify_dataset(v1) == []
+        before = files_under(v1)
+        _Flaky.broken = False
+        fetch.run(["--retry-failed", v1, "--out", v2] + common)
+        assert files_under(v1) == before and verify_dataset(v2) == []
+        manifest = load_manifest(v2)
+        assert manifest.rows == 12 and manifest.config["retry_of"]["dataset"] == v1
+        assert all(
+            files_under(v2)[f.path] == before[f.path] for s in load_manifest(v1).shards for f in (s.tar, s.parquet)
+        )
+        assert host_summary(v2)[0].kept == 12
+    finally:
+        clear("memfs://retry")
 
 
 def test_retry_refuses_bad_arguments(tmp_path, flaky_site):

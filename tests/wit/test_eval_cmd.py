@@ -90,6 +90,39 @@ def test_explicit_shift_folders_and_retrieval_on_a_dataset(
     assert results["retrieval"]["pairs"] == 16 and results["retrieval"]["image_to_text"]["queries"] == 16
 
 
+def test_zeroshot_on_shards_with_a_class_field(web_dir: Path, micro_model: Path, tmp_path: Path, capsys) -> None:
+    import webdataset
+
+    from clipmodel.factory import create_model
+
+    torch.manual_seed(0)
+    torch.save(create_model(micro_model).state_dict(), tmp_path / "micro.pt")
+
+    rows = pq.read_table(web_dir / EVAL_DIR / LABELS_FILE, columns=["path", "label"]).to_pylist()[:6]
+    shards = tmp_path / "wds"  # img2dataset's layout, by webdataset's writer: the class in each sample's JSON
+    shards.mkdir()
+    with webdataset.TarWriter(str(shards / "00000.tar")) as sink:
+        for i, r in enumerate(rows):
+            meta = json.dumps({"caption": r["label"], "label": r["label"]}).encode()
+            sink.write({"__key__": f"{i:09d}", "png": (web_dir / EVAL_DIR / r["path"]).read_bytes(), "json": meta})
+    out = tmp_path / "eval.json"
+    base = ["eval", "--model", str(tmp_path / "micro.pt"), "--arch", str(micro_model), "--zeroshot", str(shards),
+            "--templates"]  # fmt: skip
+    argv = [*base, str(_one_template(tmp_path)), "--label-field", "label", "--out", str(out), "--device", "cpu",
+            "--workers", "0"]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads(out.read_text())["zeroshot"][str(shards)]
+    assert (report["images"], report["classes"], report["label_field"]) == (6, 6, "label")
+    assert f"zero-shot {shards} (6 images, 6 classes, 1 template)" in capsys.readouterr().out
+    assert cli.main([*base, "default"]) == 2  # no --label-field
+    assert "give --label-field" in capsys.readouterr().err
+
+
+def _one_template(tmp_path: Path) -> Path:
+    (tmp_path / "one.txt").write_text("a photo of a {}.\n")
+    return tmp_path / "one.txt"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -11,6 +11,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from memfs import clear, upload
 from PIL import Image
 
 from pipeline.batches import batched
@@ -309,6 +310,19 @@ def test_exclude_seen_stage(earlier, img2dataset_output):
         nothing = cands | "ExcludeNothing" >> ExcludeSeen([])
         all_kept = [(c[fields.KEY], ("kept",)) for c in EXCLUDE_CANDS]
         assert_that(_beam_verdicts(nothing, "none"), equal_to(all_kept), label="CheckNone")
+
+
+def test_exclude_seen_reads_datasets_on_another_filesystem(earlier, img2dataset_output):
+    remote = [upload(earlier, "memfs://exclude/earlier"), upload(img2dataset_output, "memfs://exclude/i2d")]
+    try:
+        assert sorted(dataset_urls(remote[0])) == sorted(dataset_urls(earlier))
+        expected = _exclude_expected(*remote)
+        assert _verdicts(*exclude_seen_pure(EXCLUDE_CANDS, remote)) == expected
+        with TestPipeline(runner="FnApiRunner") as p:  # in process, where memfs:// is registered
+            out = p | beam.Create(list(batched(EXCLUDE_CANDS, 4))) | ExcludeSeen(remote, rows_per_partition=4)
+            assert_that(_beam_verdicts(out, "remote"), equal_to(sorted(expected.items())), label="CheckRemote")
+    finally:
+        clear("memfs://exclude")
 
 
 def test_exclude_seen_refuses_a_missing_dataset(tmp_path):

@@ -7,8 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from memfs import clear, upload
 from PIL import Image
 
+from pipeline.curate.image_dedup import ImageDedupConfig, dedup_images_pure
 from pipeline.curate.image_refs import (
     ReferenceSet,
     RefHash,
@@ -18,9 +20,11 @@ from pipeline.curate.image_refs import (
     parquet_hashes,
     reference_sets,
 )
-from pipeline.fetch.image import image_signals
+from pipeline.fetch.image import image_signals, to_rgb
+from pipeline.shard_reader import read_dataset
 from pipeline.shards import DatasetWriter
 from schemas import SAMPLE_SCHEMA, fields, reasons
+from schemas.manifest import SHARDS_DIR
 from schemas.records import SCHEMA_VERSION_KEY
 
 SHA = "ab" * 32
@@ -125,3 +129,69 @@ def test_reference_sets_from_the_command_line_options(tmp_path):
     (tmp_path / "eval" / "0.png").write_bytes(_image_bytes(0, "PNG"))
     refs = reference_sets(exclude_from=[], decontaminate=[str(tmp_path / "eval")], blocklist=[str(block)])
     assert [(r.reason, r.rank) for r in refs] == [(reasons.BLOCKLISTED, 0), (reasons.EVAL_CONTAMINATION, 1)]
+
+
+def test_reference_sets_read_from_another_filesystem(tmp_path, make_shapes_dataset):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "block.txt").write_text(f"{SHA}\nf0e1d2c3b4a59687\n")
+    for name, seed in (("eval/x.png", 0), ("eval/a/y.jpg", 1)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(_image_bytes(seed, "PNG" if name.endswith("png") else "JPEG"))
+    make_shapes_dataset(tmp_path / "earlier", samples=6, per_shard=4, side=32)
+    remote = "memfs://refs"
+    try:
+        for folder in ("lists", "eval", "earlier"):
+            upload(tmp_path / folder, f"{remote}/{folder}")
+        local = reference_sets(
+            [str(tmp_path / "earlier")], [str(tmp_path / "eval")], [str(tmp_path / "lists/block.txt")]
+        )
+        there = reference_sets([f"{remote}/earlier"], [f"{remote}/eval"], [f"{remote}/lists/block.txt"])
+        for here, away in zip(local, there, strict=True):
+            assert len(away.units()) == len(here.units())
+            assert sorted(away.hashes(), key=str) == sorted(here.hashes(), key=str)
+        assert len(list(there[1].hashes())) == 2 and len(list(there[2].hashes())) == 6
+        with pytest.raises(FileNotFoundError, match="no such file or directory"):
+            ReferenceSet(reasons.SEEN_BEFORE, f"{remote}/missing")
+    finally:
+        clear(remote)
+
+
+def _as_schema_1_0(dataset) -> None:
+    """Rewrite a dataset's shard Parquets as one written before phash was redefined, and without the columns."""
+    for parquet in sorted((dataset / SHARDS_DIR).glob("*.parquet")):
+        table = pq.read_table(parquet).drop_columns([fields.PHASH, fields.COLOUR_SIG])
+        pq.write_table(table.replace_schema_metadata({SCHEMA_VERSION_KEY: b"1.0"}), parquet)
+
+
+def _signals_of(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        return image_signals(to_rgb(img))
+
+
+def _row(key: str, data: bytes, width: int, height: int) -> dict:
+    ph, colour = _signals_of(data)
+    sha = hashlib.sha256(data).hexdigest()
+    return {fields.KEY: key, fields.URL: f"http://new.test/{key}.png", fields.SHA256: sha, fields.PHASH: ph,
+            fields.COLOUR_SIG: colour, fields.ORIGINAL_WIDTH: width, fields.ORIGINAL_HEIGHT: height}  # fmt: skip
+
+
+def test_an_earlier_dataset_without_usable_phashes_is_hashed_from_its_images(tmp_path, make_shapes_dataset):
+    old = make_shapes_dataset(tmp_path / "old", samples=6, per_shard=4, side=72)
+    _as_schema_1_0(old)
+    stored = {s.key: s.image for s in read_dataset(old)}
+    got = {h.detail: (h.phash, h.colour) for h in dataset_hashes(old)}
+    assert got == {f"old/{key}": _signals_of(image) for key, image in stored.items()}
+    # A near copy (scaled down and re-encoded) of an earlier sample is now excluded, not only a byte-identical one.
+    with Image.open(io.BytesIO(stored["shape00003"])) as img:
+        copy = img.convert("RGB").resize((60, 60))
+    buf = io.BytesIO()
+    copy.save(buf, "PNG")
+    other = _image_bytes(7, "PNG")  # noise: like no picture of the earlier dataset
+    rows = [_row("copy", buf.getvalue(), 60, 60), _row("other", other, 48, 40)]
+    result = dedup_images_pure(rows, ImageDedupConfig(), [ReferenceSet(reasons.SEEN_BEFORE, str(old))])
+    assert [(r[fields.KEY], r[fields.REASON]) for r in result.rejected] == [("copy", reasons.SEEN_BEFORE)]
+    assert [r[fields.KEY] for r in result.kept] == ["other"]
+    # Without the tars there is nothing to hash: such rows match on sha256 alone (these record none).
+    for tar in (old / SHARDS_DIR).glob("*.tar"):
+        tar.unlink()
+    assert dataset_hashes(old) == []
