@@ -13,7 +13,6 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import apache_beam as beam
 
@@ -48,7 +47,7 @@ _DEDUP_COLUMNS = [fields.KEY, fields.URL, fields.CAPTION, fields.PAGE_URL, field
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="dataset folder to write")
-    parser.add_argument("--config", type=Path, help="YAML/JSON file, one section per stage; flags override it")
+    parser.add_argument("--config", help="YAML/JSON file, one section per stage (gs:// etc. too); flags override it")
     add_fetch_arguments(parser)
     curation = parser.add_argument_group("curation")
     curation.add_argument("--languages", help="comma-separated language codes to keep (default en; '' keeps all)")
@@ -56,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     curation.add_argument("--min-words", type=int)
     curation.add_argument("--dedup", choices=("url", "pair", "none"), help="candidate dedup key (default url)")
     curation.add_argument("--t", type=int, help="WIT balancing: pairs kept per query entry (default 20000)")
-    curation.add_argument("--metadata", type=Path, help="query list: one entry per line, or MetaCLIP metadata.json")
+    curation.add_argument("--metadata", help="query list: one entry per line, or MetaCLIP metadata.json")
     curation.add_argument("--no-balance", action="store_true", help="skip query matching and balancing")
     curation.add_argument("--near-k", type=int, help="near-duplicate Hamming distance on the 64-bit pHash (4)")
     curation.add_argument("--exclude-from", nargs="+", metavar="DATASET", help="earlier datasets not to repeat")

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import fsio
 from pipeline.curate.balance import BalanceConfig
 from pipeline.curate.dedup import DedupConfig
 from pipeline.curate.image_dedup import ImageDedupConfig
@@ -106,7 +107,7 @@ def section(cls: type, values: dict, where: str) -> Any:
 def read_config_file(path: str | Path, sections: Iterable[str] = SECTIONS) -> dict:
     """Sections from a YAML or JSON file (JSON is YAML); unknown sections are an error, not silently ignored."""
     sections = list(sections)
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = yaml.safe_load(fsio.read_text(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of sections ({', '.join(sections)})")
     unknown = sorted(set(data) - set(sections))
@@ -157,7 +158,7 @@ def _fetch_overrides(args: argparse.Namespace, typed: set[str], out: dict) -> No
         out["allow_private"] = args.allow_private == []
         out["private_allowlist"] = tuple(args.allow_private or ())
     if "optout_list" in typed:
-        lines = args.optout_list.read_text().splitlines()
+        lines = fsio.read_text(args.optout_list).splitlines()
         out["optout"] = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
     if typed & {"user_agent_token", "contact"}:
         out["user_agent_token"] = args.user_agent_token

@@ -2,10 +2,10 @@
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import fsio
 from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.politeness import USER_AGENT_TOKEN, user_agent
 
@@ -31,7 +31,7 @@ def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CIDR|IP[:PORT]",
         help="allow loopback/private targets: all of them with no value, else only these (e.g. 127.0.0.1:8000)",
     )
-    parser.add_argument("--optout-list", type=Path, help="file of domains or URL prefixes never to fetch")
+    parser.add_argument("--optout-list", help="file of domains or URL prefixes never to fetch")
     parser.add_argument("--user-agent-token", default=USER_AGENT_TOKEN, help="the name robots.txt rules match")
     parser.add_argument("--contact", help="URL or mailto: put in the User-Agent so site owners can reach you")
     parser.add_argument("--max-per-host", type=int, default=16, help="requests in flight to one host")
@@ -43,7 +43,7 @@ def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
 def fetch_config(args: argparse.Namespace, **extra) -> FetchConfig:
     optout = ()
     if args.optout_list:
-        lines = args.optout_list.read_text().splitlines()
+        lines = fsio.read_text(args.optout_list).splitlines()
         optout = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
     return FetchConfig(
         user_agent=user_agent(args.user_agent_token, args.contact),
