@@ -1,76 +1,276 @@
-"""`wit demo`: the end-to-end run of what exists today, on a synthetic web served on loopback."""
+"""`wit demo`: the whole mission on this machine, offline: a synthetic web on loopback -> crawl -> curated shards ->
+stats report -> a tiny CLIP trained on them -> zero-shot and retrieval evaluation -> encode -> CLIP-score and
+semantic-dedup filter judged against the web's ground truth -> a summary. Each step runs the public `wit` command
+whose line it prints, so the demo reads as a script to adapt."""
 
 import argparse
+import importlib.util
 import json
 import shutil
 import time
 from pathlib import Path
 
+from wit import CommandError
+
+STEPS = 8
+# What a demo writes under --out: a folder holding anything else is not replaced.
+_OUTPUTS = frozenset(
+    ("web", "crawl", "dataset", "report", "model.json", "run", "eval.json", "embeddings", "filtered", "summary.json")
+)
+_EPILOG = """\
+most of the time goes to training (--steps of --batch-size pairs) and to drawing the web (--pages x
+--images-per-page pictures, --eval-per-class); lower them to shrink the demo.
+Writes OUT/web (the synthetic web and its ground truth), OUT/crawl, OUT/dataset, OUT/report, OUT/model.json,
+OUT/run (checkpoints), OUT/eval.json, OUT/embeddings, OUT/filtered and OUT/summary.json. Exits 0 only if every
+artifact exists and verifies.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="synthetic web -> Beam crawl -> Beam build (curate, balance, fetch, dedup) -> verified dataset",
-        description="Runs what exists today end to end, offline: a synthetic web served on loopback is crawled and "
-        "its candidates curated, balanced, fetched and deduplicated into a dataset by the Beam jobs, which is then "
-        "verified. Training, evaluation and the stats report join the demo as they land.",
+        help="synthetic web -> crawl -> curated shards -> stats -> train CLIP -> eval -> encode -> filter, offline",
+        description="The whole pipeline end to end on a synthetic web served on loopback: crawl it, build a curated "
+        "dataset, report on it, train a tiny CLIP on it, evaluate zero-shot (classes seen in training captions and "
+        "held-out combinations) and retrieval on a held-out shard, then encode the dataset with that model and "
+        "filter it by CLIP score and semantic duplicates, judged against the web's ground truth.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (replaced)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pages", type=int, default=12, help="pages of the synthetic web")
-    p.add_argument("--depth", type=int, default=3, help="crawl depth")
-    p.add_argument("--threads", type=int, default=32, help="fetches in flight")
-    p.add_argument("--samples-per-shard", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (an earlier demo's is replaced)")
+    p.add_argument("--seed", type=int, default=0, help="the web, the training run and the filter's k-means")
+    web = p.add_argument_group("the synthetic web and the build")
+    web.add_argument("--pages", type=int, default=32, help="pages of the synthetic web (default 32)")
+    web.add_argument("--images-per-page", type=int, default=50, help="on average (default 50)")
+    web.add_argument("--eval-per-class", type=int, default=10, help="labelled eval images per class (default 10)")
+    web.add_argument("--depth", type=int, default=10, help="crawl depth (default 10)")
+    web.add_argument("--threads", type=int, default=32, help="fetches in flight (default 32)")
+    web.add_argument("--image-size", type=int, default=96, help="smaller side of stored images (default 96)")
+    web.add_argument("--samples-per-shard", type=int, default=256, help="default 256")
+    train = p.add_argument_group("training and evaluation")
+    train.add_argument("--model", default="tiny", help="architecture (`wit model list`; default tiny)")
+    train.add_argument("--context-length", type=int, default=32, metavar="N",
+                       help="text context of the model: the web's captions are short, and the text tower costs "
+                       "in proportion (default 32; 0 keeps the architecture's 77)")  # fmt: skip
+    train.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
+    train.add_argument("--batch-size", type=int, default=32, help="contrastive batch (default 32)")
+    train.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    train.add_argument("--workers", type=int, default=1, help="data loader workers (default 1)")
+    train.add_argument("--hold-out-shards", type=int, default=1, metavar="N",
+                       help="the first N shards are kept out of training for retrieval (default 1)")  # fmt: skip
+    filt = p.add_argument_group("the bootstrap filter")
+    filt.add_argument("--top-fraction", type=float, default=0.85, help="keep the best CLIP scores (default 0.85)")
+    filt.add_argument("--semdedup-eps", type=float, default=0.001,
+                      help="semantic duplicates: image cosine > 1 - EPS (default 0.001)")  # fmt: skip
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from beam_jobs import build, crawl
-    from pipeline.shard_reader import list_shards, verify_dataset
-    from pipeline.synthweb import WebConfig, generate_web, serve_web
+SECONDS: dict[str, float] = {}  # wall time of each command the demo ran, by name: the summary's timings
 
-    out: Path = args.out
-    if out.exists():
-        shutil.rmtree(out)
-    web_dir, crawl_dir, dataset = out / "web", out / "crawl", out / "dataset"
+
+def _wit(argv: list[str]) -> None:
+    """Print the command line, then run it through the CLI itself: what is printed is what ran."""
+    from wit.cli import main
+    from wit.demo_steps import command_line
+
+    print(command_line(argv), flush=True)
     t0 = time.monotonic()
-    print(f"[1/4] generating a synthetic web (seed {args.seed}, {args.pages} pages) in {web_dir}")
-    generate_web(web_dir, WebConfig(seed=args.seed, pages=args.pages))
-    with serve_web(web_dir) as served:
-        print(f"      serving it on {', '.join(served.base_urls)}")
+    rc = main(argv)
+    name = " ".join(argv[:2]) if argv[0] in ("web", "shards") else argv[0]
+    SECONDS[name] = SECONDS.get(name, 0.0) + time.monotonic() - t0
+    if rc != 0:
+        raise CommandError(f"`wit {argv[0]}` failed (exit {rc})")
+
+
+def _step(n: int, what: str) -> None:
+    print(f"\n[{n}/{STEPS}] {what}", flush=True)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.steps < 1 or args.batch_size < 2 or args.hold_out_shards < 1:
+        raise CommandError("--steps must be >= 1, --batch-size >= 2 and --hold-out-shards >= 1")
+    if args.context_length != 0 and args.context_length < 8:
+        raise CommandError("--context-length must be 0 (the architecture's) or at least 8")
+    if not 0 < args.top_fraction <= 1 or not 0 < args.semdedup_eps < 1:
+        raise CommandError("--top-fraction must lie in (0, 1] and --semdedup-eps in (0, 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from wit import demo_steps as ds
+
+    _check_args(args)
+    out: Path = args.out
+    _clear(out)
+    paths = {
+        "web": out / "web",
+        "crawl": out / "crawl",
+        "dataset": out / "dataset",
+        "report": out / "report",
+        "model": out / "model.json",
+        "run": out / "run",
+        "eval": out / "eval.json",
+        "embeddings": out / "embeddings",
+        "filtered": out / "filtered",
+    }
+    SECONDS.clear()
+    t0 = time.monotonic()
+    funnel = _web_crawl_build(args, paths)
+    rows = ds.verified_dataset(paths["dataset"])
+    report = _stats(paths)
+    held_out = _train(args, paths)
+    _eval(paths, held_out)
+    _bootstrap(args, paths)
+
+    _step(8, "checks and summary")
+    checks = ds.Checks()
+    checks.check("dataset", lambda: ds.verified_dataset(paths["dataset"]))
+    if report is not None:
+        checks.check("stats report", lambda: _exists(report))
+    checks.check("checkpoint", lambda: ds.loaded_checkpoint(paths["run"]))
+    zeroshot = checks.check("eval.json", lambda: ds.eval_numbers(paths["eval"], paths["web"] / "eval"))
+    checks.check("embeddings", lambda: ds.complete_embeddings(paths["embeddings"], rows))
+    filtered_rows = checks.check("filtered dataset", lambda: ds.verified_dataset(paths["filtered"]))
+    truth = checks.check("filter vs truth", lambda: ds.filter_vs_truth(
+        paths["dataset"], paths["filtered"], paths["web"] / "served" / "truth.parquet"))  # fmt: skip
+    seconds = SECONDS | {"total": time.monotonic() - t0}
+    summary = {
+        "paths": {k: str(v) for k, v in paths.items() if v.exists()} | ({"report_page": str(report)} if report else {}),
+        "funnel": funnel | {"dataset": rows, "filtered": filtered_rows},
+        "zeroshot": zeroshot,
+        "filter_vs_truth": truth,
+        "checks": checks.results,
+        "seconds": seconds,
+        "ok": checks.ok,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(ds.format_summary(summary))
+    print(f"summary: {out / 'summary.json'}")
+    return 0 if checks.ok else 1
+
+
+def _clear(out: Path) -> None:
+    """Remove an earlier demo's output; refuse a folder holding anything else, so a mistyped --out loses nothing."""
+    if not out.exists():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUTPUTS)
+    if foreign:
+        raise CommandError(f"--out {out} holds {', '.join(foreign[:3])}, which no demo wrote; choose another folder")
+    shutil.rmtree(out)
+
+
+def _exists(path: Path) -> str:
+    if not path.is_file() or path.stat().st_size == 0:
+        raise FileNotFoundError(f"{path} missing or empty")
+    return str(path)
+
+
+def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
+    from pipeline.synthweb import WebConfig, serve_web
+
+    web, crawl, dataset = paths["web"], paths["crawl"], paths["dataset"]
+    cfg = WebConfig(seed=args.seed, pages=args.pages, images_per_page=args.images_per_page,
+                    eval_per_class=args.eval_per_class)  # fmt: skip
+    _step(1, f"a synthetic web: {cfg.pages} pages on {cfg.hosts} hosts, about {cfg.images_per_page} images a page, "
+             f"{cfg.eval_per_class} labelled eval images per class")  # fmt: skip
+    _wit(["web", "generate", "--out", str(web), "--seed", str(cfg.seed), "--pages", str(cfg.pages),
+          "--images-per-page", str(cfg.images_per_page), "--eval-per-class", str(cfg.eval_per_class)])  # fmt: skip
+    with serve_web(web) as served:
+        print(f"      served on {', '.join(served.base_urls)} (in this process; `wit web serve {web}` does the same)")
         # The synthetic web lives on loopback, so private addresses are allowed for this run only.
-        print(f"[2/4] wit crawl --seeds {served.seeds_path} --depth {args.depth} --out {crawl_dir}")
-        crawl.run(
-            ["--seeds", str(served.seeds_path), "--depth", str(args.depth), "--out", str(crawl_dir)]
-            + ["--allow-private", "--threads", str(args.threads)]
+        _step(2, "crawl it from its seeds")
+        _wit(["crawl", "--seeds", str(served.seeds_path), "--depth", str(args.depth), "--out", str(crawl),
+              "--allow-private", "--threads", str(args.threads)])  # fmt: skip
+        _step(3, "build the curated dataset: text rules, language, dedup, balancing, fetch, image dedup")
+        _wit(["build", "--candidates", f"{crawl}/candidates-*.parquet", "--out", str(dataset), "--allow-private",
+              "--decontaminate", str(web / "eval"), "--threads", str(args.threads),
+              "--image-size", str(args.image_size), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
+    _wit(["shards", "verify", str(dataset)])
+    return _funnel(crawl, dataset)
+
+
+def _funnel(crawl: Path, dataset: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    pages = sum(pq.read_metadata(f).num_rows for f in crawl.glob("pages-*.parquet"))
+    counts = json.loads((dataset / "manifest.json").read_text())["counts"]
+    dropped = {stage: sum(n for r, n in by.items() if r != "kept") for stage, by in counts.items()}
+    dropped = {stage: n for stage, n in dropped.items() if n}
+    kept = counts.get("shards", {}).get("kept", 0)
+    return {"pages_crawled": pages, "candidates": kept + sum(dropped.values()), "dropped_by_stage": dropped}
+
+
+def _stats(paths: dict[str, Path]) -> Path | None:
+    """Step 4, the stats report, where this checkout has it (beam_jobs/stats.py, `wit stats`)."""
+    _step(4, "the stats report of the dataset")
+    # The stats job is called directly (`run(argv)`, what `wit stats` runs), so the demo works whether or not the
+    # command line registers it yet; without the job the step is skipped and the summary has no report check.
+    if importlib.util.find_spec("beam_jobs.stats") is None:
+        print("      (skipped: `wit stats` is not in this checkout)")
+        return None
+    from beam_jobs import stats
+    from wit.demo_steps import command_line
+
+    argv = [str(paths["dataset"]), "--out", str(paths["report"])]
+    print(command_line(["stats", *argv]), flush=True)
+    t0 = time.monotonic()
+    stats.run(argv)
+    SECONDS["stats"] = time.monotonic() - t0
+    html = paths["report"] / "index.html"
+    print(f"      open {html}" if html.is_file() else f"      (no index.html: {paths['report']}/stats.json only)")
+    return html if html.is_file() else paths["report"] / "stats.json"
+
+
+def _train(args: argparse.Namespace, paths: dict[str, Path]) -> list[str]:
+    """Step 5: train on every shard but the first --hold-out-shards; returns the held-out tars."""
+    from pipeline.shard_reader import list_shards
+
+    tars = [str(paths["dataset"] / s.tar.path) for s in list_shards(paths["dataset"])]
+    if len(tars) <= args.hold_out_shards:
+        raise CommandError(
+            f"the dataset has {len(tars)} shards: too few to hold {args.hold_out_shards} out of training; "
+            "lower --samples-per-shard or grow the web (--pages, --images-per-page)"
         )
-        eval_dir = web_dir / "eval"
-        print(f"[3/4] wit build --candidates '{crawl_dir}/candidates-*.parquet' --out {dataset} \\")
-        print(f"          --decontaminate {eval_dir}")
-        build.run(
-            ["--candidates", f"{crawl_dir}/candidates-*.parquet", "--out", str(dataset), "--allow-private"]
-            + ["--decontaminate", str(eval_dir)]
-            + ["--threads", str(args.threads), "--samples-per-shard", str(args.samples_per_shard)]
-        )
-    problems = verify_dataset(dataset)
-    shards = list_shards(dataset)
-    print(f"[4/4] wit shards verify {dataset}: " + ("OK" if not problems else f"{len(problems)} problems"))
-    for p in problems:
-        print(f"      problem: {p}")
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    _print_funnel(manifest["counts"])
-    print(f"done in {time.monotonic() - t0:.0f}s: {sum(s.rows for s in shards)} samples in {len(shards)} shards.")
-    print(f"Look at it: wit shards ls {dataset}")
-    print("Not in the demo yet (open issues): training, evaluation, the stats report.")
-    return 1 if problems or not shards else 0
+    held_out, train = tars[: args.hold_out_shards], tars[args.hold_out_shards :]
+    _step(5, f"train a {args.model} CLIP on {len(train)} shards ({len(held_out)} held out for retrieval)")
+    model = _model_spec(args, paths["model"])
+    warmup = max(1, min(100, args.steps // 10))
+    _wit(["train", "--data", *train, "--model", model, "--out", str(paths["run"]), "--steps", str(args.steps),
+          "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", str(warmup),
+          "--workers", str(args.workers), "--seed", str(args.seed), "--save-every", str(args.steps)])  # fmt: skip
+    return held_out
 
 
-def _print_funnel(counts: dict) -> None:
-    from schemas import reasons
+def _model_spec(args: argparse.Namespace, path: Path) -> str:
+    """--model as given, or (with a shorter --context-length) a JSON copy of its config with that text context."""
+    from dataclasses import replace
 
-    rows = [(n, stage, reason) for stage, by in counts.items() for reason, n in by.items() if reason != "kept"]
-    total = sum(n for n, _, _ in rows) + counts.get("shards", {}).get("kept", 0)
-    print(f"      funnel of {total} candidates:")
-    for n, stage, reason in sorted(rows, key=lambda r: (-r[0], r[2])):
-        print(f"      {n:6d}  {stage:<6} {reason:<20} {reasons.REASONS[reason].description}")
-    print(f"      {counts.get('shards', {}).get('kept', 0):6d}  kept")
+    from clipmodel.factory import load_config
+
+    try:
+        cfg = load_config(args.model)
+    except (ValueError, FileNotFoundError) as e:
+        raise CommandError(str(e)) from None
+    if not args.context_length or args.context_length >= cfg.text.context_length:
+        return args.model
+    cfg = replace(cfg, text=replace(cfg.text, context_length=args.context_length))
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    print(f"      {args.model} with a {args.context_length}-token text context (the captions here are short): {path}")
+    return str(path)
+
+
+def _eval(paths: dict[str, Path], held_out: list[str]) -> None:
+    _step(6, "evaluate: zero-shot on the labelled set (train vs held-out classes, under shift), retrieval on the "
+             "held-out shard")  # fmt: skip
+    if len(held_out) > 1:
+        print("      (retrieval on the first held-out shard)")
+    _wit(["eval", "--model", str(paths["run"]), "--web", str(paths["web"]), "--retrieval", held_out[0],
+          "--out", str(paths["eval"])])  # fmt: skip
+
+
+def _bootstrap(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+    _step(7, "bootstrap: encode the dataset with the trained model, filter by CLIP score and semantic duplicates")
+    _wit(["encode", str(paths["dataset"]), "--model", str(paths["run"]), "--out", str(paths["embeddings"]),
+          "--workers", str(args.workers)])  # fmt: skip
+    _wit(["filter", str(paths["dataset"]), "--embeddings", str(paths["embeddings"]), "--out", str(paths["filtered"]),
+          "--top-fraction", str(args.top_fraction), "--semdedup-eps", str(args.semdedup_eps),
+          "--seed", str(args.seed), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip

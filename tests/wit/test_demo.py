@@ -1,0 +1,87 @@
+"""`wit demo`, reduced (a small web, a few training steps): every step runs, and every artifact exists and is valid."""
+
+import importlib.util
+import json
+
+import pytest
+
+from clipmodel.embeddings import read_info
+from clipmodel.inference import load_model
+from pipeline.shard_reader import read_dataset, verify_dataset
+from schemas import DatasetManifest, reasons
+from wit.cli import main
+
+REDUCED = ["--pages", "6", "--images-per-page", "20", "--eval-per-class", "1", "--samples-per-shard", "32"]
+REDUCED += ["--steps", "8", "--batch-size", "16"]
+
+
+# Not marked slow, so that CI (`make test`) runs the demo: 44 s on this 2-core machine lightly loaded, ~100 s busy.
+@pytest.mark.usefixtures("one_thread")
+def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *REDUCED]) == 0
+    printed = capsys.readouterr().out
+    for command in ("web generate", "crawl", "build", "train", "eval", "encode", "filter"):
+        assert f"$ wit {command} " in printed, command  # each step shows the command line that ran
+    assert "PASS: every artifact exists and verifies." in printed
+
+    # The curated dataset: verifies, holds what its manifest says, and its funnel shows the web's faults caught.
+    dataset = out / "dataset"
+    assert verify_dataset(dataset) == []
+    manifest = DatasetManifest.from_json((dataset / "manifest.json").read_text())
+    assert len(list(read_dataset(dataset))) == manifest.rows > 30 and len(manifest.shards) >= 2
+    fetch_reasons = set(manifest.counts["fetch"])
+    assert {reasons.ROBOTS_DISALLOWED, reasons.OPTOUT_HEADER, reasons.TOO_MANY_REDIRECTS} <= fetch_reasons
+    assert reasons.TOO_MANY_PIXELS in manifest.counts["image"] and manifest.counts["dedup"]
+    assert {reasons.LANGUAGE, reasons.BOILERPLATE} <= set(manifest.counts["text"])
+
+    if importlib.util.find_spec("beam_jobs.stats") is not None:
+        assert (out / "report" / "index.html").stat().st_size > 0
+
+    # The run: its checkpoint loads, trained on every shard but the held-out first one.
+    loaded = load_model(str(out / "run"), device="cpu")
+    assert "8 steps" in loaded.description and loaded.context_length == 32  # the demo's short-context tiny
+    config = json.loads((out / "run" / "config.json").read_text())
+    trained_on = [d["path"] for d in config["config"]["data"]]
+    assert len(trained_on) == len(manifest.shards) - 1 and not any(p.endswith("00000.tar") for p in trained_on)
+
+    # Evaluation: zero-shot by split (classes seen in captions vs held-out combinations), shifts, retrieval.
+    results = json.loads((out / "eval.json").read_text())
+    zeroshot = results["zeroshot"][str(out / "web" / "eval")]
+    assert zeroshot["classes"] == 36 and set(zeroshot["by_split"]) == {"train", "held_out"}
+    assert {"background", "texture", "sketch"} <= set(results["robustness"][str(out / "web" / "eval")]["sets"])
+    retrieval = results["retrieval"]
+    assert retrieval["source"].endswith("00000.tar") and retrieval["pairs"] == manifest.shards[0].rows
+    assert 0 <= retrieval["image_to_text"]["R@1"] <= retrieval["image_to_text"]["R@5"] <= 1
+
+    # Bootstrap: embeddings of every sample, and a filtered dataset that verifies and is a strict subset.
+    info = read_info(out / "embeddings")
+    assert info["complete"] and info["rows"] == manifest.rows
+    filtered = out / "filtered"
+    assert verify_dataset(filtered) == []
+    kept = DatasetManifest.from_json((filtered / "manifest.json").read_text())
+    assert 0 < kept.rows < manifest.rows
+    assert set(kept.counts["score"]) <= {reasons.LOW_CLIP_SCORE, reasons.SEMANTIC_DUPLICATE}
+
+    # The summary: printed and written, its numbers those of the artifacts.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and set(summary["checks"].values()) == {"ok"}
+    assert summary["funnel"]["dataset"] == manifest.rows and summary["funnel"]["filtered"] == kept.rows
+    assert summary["zeroshot"]["chance"] == pytest.approx(1 / 36)
+    assert summary["zeroshot"]["by_split"]["held_out"]["top1"] == zeroshot["by_split"]["held_out"]["top1"]
+    truth = summary["filter_vs_truth"]
+    assert truth["samples"] == manifest.rows and truth["kept"] == kept.rows and truth["no_truth"] == 0
+    removed = truth["clip_score"]["removed"] + truth["semantic_dedup"]["removed"]
+    assert removed == manifest.rows - kept.rows == sum(kept.counts["score"].values())
+    assert "zero-shot top-1" in printed and "R@1" in printed and "precision" in printed
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--steps", "0"], "--steps must be"), (["--hold-out-shards", "0"], "--hold-out-shards"),
+     (["--top-fraction", "1.5"], "--top-fraction must")],
+)  # fmt: skip
+def test_demo_refuses_bad_settings_before_doing_anything(tmp_path, capsys, flags, message) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
