@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.synthweb import faults as flt
-from pipeline.synthweb.captions import CaptionWriter
+from pipeline.synthweb.captions import CaptionWriter, caption_deck
 from pipeline.synthweb.draw import Drawing, encode
 from pipeline.synthweb.site import Block, Page
 from pipeline.synthweb.spec import (
@@ -35,7 +35,7 @@ class WebBuilder:
     def __init__(self, out: Path, cfg: WebConfig, vocab: Vocabulary):
         self.out, self.cfg, self.vocab = out, cfg, vocab
         self.rng = random.Random(f"{cfg.seed}:web")
-        self.captions = CaptionWriter(random.Random(f"{cfg.seed}:captions"))
+        self.captions = CaptionWriter(random.Random(f"{cfg.seed}:captions"), caption_deck(cfg.caption_mix))
         self.rows: dict[str, dict] = {}
         self.routes: list[dict] = []
         self.paths: set[tuple[int, str]] = set()

@@ -17,6 +17,23 @@ CAPTION_DECK = (
 )
 CAPTION_KINDS = tuple(kind for kind, _ in CAPTION_DECK)
 
+
+def caption_deck(mix: str | None) -> tuple[tuple[str, int], ...]:
+    """The deck a web's alt text is dealt from: CAPTION_DECK, or `mix` ("good=6,boilerplate=6,...": kinds not named
+    keep their CAPTION_DECK count) for a web of another noise level."""
+    if mix is None:
+        return CAPTION_DECK
+    counts = dict(CAPTION_DECK)
+    for part in filter(None, (p.strip() for p in mix.split(","))):
+        kind, _, n = part.partition("=")
+        if kind not in counts or not n.isdigit():
+            raise ValueError(f"caption_mix: expected kind=count with kind one of {CAPTION_KINDS}, got {part!r}")
+        counts[kind] = int(n)
+    if not any(counts.values()):
+        raise ValueError(f"caption_mix {mix!r} leaves no caption kind")
+    return tuple(counts.items())
+
+
 _TEXTURE_ADJ = {"solid": "solid", "striped": "striped", "dotted": "polka-dot", "checkered": "checkered"}
 _TEXTURE_WITH = {
     "solid": "",
@@ -133,8 +150,9 @@ def _tidy(text: str) -> str:
 class CaptionWriter:
     """Writes captions in rotation through the templates, so a web of a few dozen images already uses them all."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, deck: tuple[tuple[str, int], ...] = CAPTION_DECK):
         self.rng = rng
+        self.deck = deck
         self._turn: dict[str, int] = {}
         self._deck: list[str] = []
 
@@ -145,7 +163,7 @@ class CaptionWriter:
 
     def next_kind(self) -> str:
         if not self._deck:
-            self._deck = [kind for kind, n in CAPTION_DECK for _ in range(n)]
+            self._deck = [kind for kind, n in self.deck for _ in range(n)]
             self.rng.shuffle(self._deck)
         return self._deck.pop()
 

@@ -45,6 +45,9 @@ class WebConfig:
     slow_delay: float = 2.0  # seconds the slow URL waits before answering
     retry_after: int = 1  # the Retry-After the 429 URLs send, in seconds
     bomb_side: int = 30000  # declared width and height of the decompression bomb
+    # Alt-text kinds dealt per deck, "good=6,boilerplate=6,..." (captions.caption_deck); None: the default deck, and
+    # then left out of to_dict so that the default web's files stay as they were.
+    caption_mix: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.hosts <= 16:
@@ -61,9 +64,15 @@ class WebConfig:
             raise ValueError("slow_delay and retry_after must not be negative")
         if self.bomb_side < 10000:  # below this the "bomb" would pass Pillow's 89M-pixel guard
             raise ValueError(f"bomb_side must be at least 10000, got {self.bomb_side}")
+        from pipeline.synthweb.captions import caption_deck  # captions imports this module
+
+        caption_deck(self.caption_mix)  # raises on a bad mix
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["caption_mix"] is None:
+            del d["caption_mix"]
+        return d
 
 
 @dataclass(frozen=True)

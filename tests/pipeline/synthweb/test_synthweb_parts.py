@@ -13,7 +13,14 @@ from PIL import Image
 
 from pipeline.fetch.politeness import USER_AGENT_TOKEN
 from pipeline.synthweb import WebConfig, vocabulary
-from pipeline.synthweb.captions import CAPTION_KINDS, CaptionWriter, html_escape, mentioned_classes
+from pipeline.synthweb.captions import (
+    CAPTION_DECK,
+    CAPTION_KINDS,
+    CaptionWriter,
+    caption_deck,
+    html_escape,
+    mentioned_classes,
+)
 from pipeline.synthweb.draw import Drawing, encode, near_copy, render
 from pipeline.synthweb.faults import bomb_png, corrupt_png, robots_txt, truncated
 from pipeline.synthweb.site import placeholder, ref
@@ -188,3 +195,16 @@ def test_url_styles_resolve_to_their_target(target, context, style, written):
 
 def test_class_label_round_trips():
     assert split_label(class_label("purple", "hexagon")) == ("purple", "hexagon")
+
+
+def test_caption_mix_deals_the_kinds_asked_for_and_the_default_web_is_unchanged():
+    assert caption_deck(None) == CAPTION_DECK
+    assert "caption_mix" not in WebConfig().to_dict()  # the default web's files (and their hashes) stay as they were
+    deck = caption_deck("good=2, mismatch=6")
+    assert dict(deck) == dict(CAPTION_DECK) | {"good": 2, "mismatch": 6}
+    writer = CaptionWriter(random.Random(0), deck)
+    dealt = [writer.next_kind() for _ in range(sum(n for _, n in deck) * 3)]
+    assert {k: dealt.count(k) for k in CAPTION_KINDS} == {k: 3 * n for k, n in deck}
+    for bad in ("good=x", "nonsense=3", "good=0,non_english=0,boilerplate=0,empty=0,mismatch=0"):
+        with pytest.raises(ValueError, match="caption_mix"):
+            WebConfig(caption_mix=bad)

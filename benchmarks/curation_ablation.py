@@ -1,0 +1,408 @@
+"""Does curation matter? The same model, budget and seeds trained on raw and on curated pairs from one synthetic web.
+
+    .venv/bin/python benchmarks/curation_ablation.py            # ~25 min on 2 busy cores (27 measured, load 5-6)
+    .venv/bin/python benchmarks/curation_ablation.py --quick    # a smoke run, ~4 min
+    .venv/bin/python benchmarks/curation_ablation.py --reuse --oracle     # + the investigation arm, ~10 min more
+    .venv/bin/python benchmarks/curation_ablation.py --pages 64 --caption-mix $MIX   # a noisier web -> *_noisy.json
+        (the one measured: MIX=good=8,non_english=4,boilerplate=6,empty=4,mismatch=3)
+
+One synthetic web (mismatched, non-English, boilerplate and empty alt text; exact and near duplicates; faults) is
+generated, served on loopback and crawled once (`wit crawl`). Its candidates then become two datasets:
+  raw      `wit fetch` of every candidate: what img2dataset gives with no filtering (it still drops what fails to
+           download or decode, and images under 32 px, as img2dataset's own resize step would);
+  curated  `wit build` at its defaults: text rules and language, URL dedup, query balancing, fetch, exact and near
+           image dedup, decontamination against the web's eval images (as `wit demo` builds).
+Each arm trains the same tiny CLIP with the same steps, batch (so the same samples seen), learning-rate schedule
+and seed (`wit train`), for each of --seeds, and is evaluated zero-shot on the web's labelled eval set and its
+shifted copies (`wit eval --web`). The ground truth grades what each arm's pairs are (caption names the pictured
+class, another class, none; duplicates; eval leaks), which is what explains the difference.
+--oracle adds an investigation arm: the same build from the candidates less every alt text the truth says names
+another class (what text rules cannot see and a perfect CLIP-score filter would remove). --reuse keeps the datasets
+and the finished runs of the results JSON, so it adds arms or seeds without training the others again.
+Writes benchmarks/results/curation_ablation.json (_quick with --quick, _noisy with --caption-mix).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.synthweb import WebConfig, generate_web, serve_web
+from pipeline.synthweb.captions import mentioned_classes
+from schemas import fields
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work" / "curation_ablation"
+ARMS = ("raw", "curated")
+ARM_NOTES = {
+    "raw": "wit fetch of every crawl candidate (no curation; as img2dataset with no filtering)",
+    "curated": "wit build at its defaults, --decontaminate WEB/eval",
+    "oracle": "investigation only: wit build of the candidates less every mismatched alt text (by the truth)",
+}
+COMMON = ["--allow-private", "--threads", "32", "--image-size", "96", "--samples-per-shard", "256"]
+SETTINGS = {  # the full run; --quick and flags override
+    "full": {"pages": 48, "images_per_page": 50, "eval_per_class": 10, "steps": 200, "batch_size": 32,
+             "seeds": [0, 1, 2]},
+    "quick": {"pages": 12, "images_per_page": 30, "eval_per_class": 2, "steps": 20, "batch_size": 32,
+              "seeds": [0, 1]},
+}  # fmt: skip
+
+
+def _wit(argv: list[str]) -> None:
+    """One `wit` command through the CLI itself, as a user would type it."""
+    from wit.cli import main
+
+    print("$ wit " + " ".join(argv), flush=True)
+    rc = main(argv)
+    if rc != 0:
+        raise SystemExit(f"`wit {argv[0]}` failed (exit {rc})")
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ---- the datasets ---------------------------------------------------------------------------------------------------
+
+
+def make_datasets(s: dict, work: Path) -> dict[str, Any]:
+    """Generate and serve the web, crawl it, and write both arms' datasets; their timings."""
+    web, crawl = work / "web", work / "crawl"
+    cfg = WebConfig(seed=s["web_seed"], pages=s["pages"], images_per_page=s["images_per_page"],
+                    eval_per_class=s["eval_per_class"], caption_mix=s["caption_mix"])  # fmt: skip
+    seconds = {}
+    t = time.monotonic()
+    summary = generate_web(web, cfg)
+    seconds["generate_web"] = time.monotonic() - t
+    with serve_web(web) as served:
+        t = time.monotonic()
+        _wit(["crawl", "--seeds", str(served.seeds_path), "--depth", "10", "--out", str(crawl), "--allow-private",
+              "--threads", "32"])  # fmt: skip
+        seconds["crawl"] = time.monotonic() - t
+        candidates = f"{crawl}/candidates-*.parquet"
+        t = time.monotonic()
+        _wit(["fetch", "--candidates", candidates, "--out", str(work / "raw"), *COMMON])
+        seconds["raw: wit fetch"] = time.monotonic() - t
+        t = time.monotonic()
+        _wit(["build", "--candidates", candidates, "--out", str(work / "curated"), "--decontaminate",
+              str(web / "eval"), *COMMON])  # fmt: skip
+        seconds["curated: wit build"] = time.monotonic() - t
+    return {"web": summary.to_dict(), "candidates": _rows(crawl.glob("candidates-*.parquet")), "seconds": seconds}
+
+
+def make_oracle(work: Path) -> dict[str, float]:
+    """The investigation arm `oracle`: the same build from the same candidates less every alt text the truth says
+    describes another class (what text rules cannot see: a perfect CLIP-score filter, `wit filter`, would catch
+    them). Served again on the ports the crawl saw, so the candidates' URLs still answer."""
+    import pyarrow as pa
+
+    web, crawl = work / "web", work / "crawl"
+    ports = [int(u.rstrip("/").rsplit(":", 1)[1]) for u in json.loads((web / "served" / "served.json").read_text())[
+        "base_urls"]]  # fmt: skip
+    truth = {r["url"]: r for r in pq.read_table(web / "served" / "truth.parquet").to_pylist()}
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(crawl.glob("candidates-*.parquet"))])
+    pairs = zip(table[fields.URL].to_pylist(), table[fields.CAPTION].to_pylist(), strict=True)
+    keep = [not _mismatched(truth.get(url), caption) for url, caption in pairs]
+    folder = work / "oracle-candidates"
+    folder.mkdir(exist_ok=True)
+    pq.write_table(table.filter(pa.array(keep)), folder / "candidates-00000.parquet")
+    t = time.monotonic()
+    with serve_web(web, ports=ports, state_dir=work / "served-oracle"):
+        _wit(["build", "--candidates", str(folder / "candidates-00000.parquet"), "--out", str(work / "oracle"),
+              "--decontaminate", str(web / "eval"), *COMMON])  # fmt: skip
+    return {"oracle: wit build": time.monotonic() - t, "oracle: candidates removed": keep.count(False)}
+
+
+def _norm(text: str | None) -> str:
+    return " ".join((text or "").split()).casefold()
+
+
+def _mismatched(t: dict | None, caption: str | None) -> bool:
+    """The candidate's caption is its picture's alt text, written about another class."""
+    return t is not None and t["caption_kind"] == "mismatch" and _norm(caption) == _norm(t["caption"])
+
+
+def _rows(files) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def _samples(dataset: Path) -> list[dict]:
+    files = sorted((dataset / "shards").glob("*.parquet"))
+    return [r for f in files for r in pq.read_table(f, columns=[fields.URL, fields.CAPTION]).to_pylist()]
+
+
+def funnel(dataset: Path) -> dict[str, Any]:
+    """Counts per stage and reason from the dataset's manifest, and what it holds."""
+    counts = json.loads((dataset / "manifest.json").read_text())["counts"]
+    dropped = {st: {r: n for r, n in by.items() if r != "kept" and n} for st, by in counts.items()}
+    dropped = {st: by for st, by in dropped.items() if by}
+    return {"samples": len(_samples(dataset)), "dropped": dropped, "dropped_total": sum(
+        n for by in dropped.values() for n in by.values())}  # fmt: skip
+
+
+def graded(dataset: Path, truth_path: Path) -> dict[str, Any]:
+    """What the dataset's pairs are, by the web's truth: does the caption name the pictured class (in English or
+    not), another class, or none; how many show a picture another sample also shows; how many copy an eval image."""
+    truth = pq.read_table(truth_path).to_pylist()
+    by_url, by_id = {r["url"]: r for r in truth}, {r["id"]: r for r in truth}
+    names, kinds, groups, leaks, unknown = Counter(), Counter(), Counter(), 0, 0
+    pictures = []
+    for s in _samples(dataset):
+        t = by_url.get(s[fields.URL])
+        while t is not None and t.get("target"):
+            t = by_id.get(t["target"])
+        if t is None or not t["label"]:
+            unknown += 1
+            continue
+        said = mentioned_classes(s[fields.CAPTION] or "")
+        names["its class" if said == {t["label"]} else "another class" if said else "no class"] += 1
+        same_as_alt = _norm(s[fields.CAPTION]) == _norm(t["caption"])
+        kinds[t["caption_kind"] if same_as_alt and t["caption_kind"] else "other text (figcaption, title, ...)"] += 1
+        picture = t["dup_group"] or t["near_dup_group"] or t["id"]
+        pictures.append(picture)
+        groups[picture] += 1
+        leaks += bool(t["eval_leak"])
+    n = sum(names.values())
+    return {
+        "graded": n,
+        "no_truth": unknown,
+        "caption_names": dict(names.most_common()),
+        "caption_names_its_class_share": names["its class"] / n if n else None,
+        "caption_kind": dict(kinds.most_common()),
+        "distinct_pictures": len(groups),
+        "samples_repeating_a_picture": n - len(groups),
+        "eval_leaks": leaks,
+    }
+
+
+def rejections_graded(dataset: Path, truth_path: Path) -> dict[str, dict[str, int]]:
+    """What each curation stage threw away, by the truth's kind of the alt text (does a stage lose good pairs?)."""
+    truth = {r["url"]: r for r in pq.read_table(truth_path).to_pylist()}
+    out: dict[str, Counter] = {}
+    for f in sorted((dataset / "rejected").glob("*.parquet")):
+        for r in pq.read_table(f, columns=[fields.URL, fields.CAPTION, "stage", "reason"]).to_pylist():
+            if r["stage"] in ("fetch", "image"):
+                continue
+            t = truth.get(r[fields.URL])
+            alt = t is not None and t["caption_kind"] and _norm(r[fields.CAPTION]) == _norm(t["caption"])
+            out.setdefault(f"{r['stage']}: {r['reason']}", Counter())[t["caption_kind"] if alt else "other text"] += 1
+    return {k: dict(v.most_common()) for k, v in sorted(out.items())}
+
+
+# ---- training and evaluation ----------------------------------------------------------------------------------------
+
+
+def train_and_eval(dataset: Path, run: Path, web: Path, s: dict, seed: int) -> dict[str, Any]:
+    """`wit train` on every shard of `dataset`, then `wit eval --web`: the numbers of one run."""
+    if run.exists():
+        shutil.rmtree(run)
+    warmup = max(1, min(100, s["steps"] // 10))
+    t = time.monotonic()
+    _wit(["train", "--data", str(dataset), "--model", "tiny", "--out", str(run / "train"), "--steps", str(s["steps"]),
+          "--batch-size", str(s["batch_size"]), "--lr", "5e-4", "--warmup", str(warmup), "--workers", "1",
+          "--seed", str(seed), "--save-every", str(s["steps"]), "--log-every", "10"])  # fmt: skip
+    train_s = time.monotonic() - t
+    t = time.monotonic()
+    _wit(["eval", "--model", str(run / "train"), "--web", str(web), "--out", str(run / "eval.json"),
+          "--workers", "1"])  # fmt: skip
+    eval_s = time.monotonic() - t
+    results = json.loads((run / "eval.json").read_text())
+    zs = results["zeroshot"][str(web / "eval")]
+    rob = results["robustness"][str(web / "eval")]
+    metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    trained = [m for m in metrics if m.get("kind") == "train"]
+    losses = [m["loss"] for m in trained]
+    result = {
+        "seed": seed,
+        "top1": zs["top1"],
+        "top5": zs["top5"],
+        "by_split": {
+            k: {"top1": v["top1"], "top5": v.get("top5"), "images": v["images"]} for k, v in zs["by_split"].items()
+        },
+        "shifts_top1": {name: v["top1"] for name, v in rob["sets"].items() if name != rob["reference"]},
+        "loss_first_last": [losses[0], losses[-1]] if losses else None,
+        # The loader skips samples without a caption (raw's empty alt text): read vs skipped, at the last log line.
+        "loader": {k: trained[-1].get(k) for k in ("data_samples", "data_missing_caption")} if trained else None,
+        "seconds": {"train": train_s, "eval": eval_s},
+    }
+    return result
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "min": min(xs), "max": max(xs)}  # fmt: skip
+
+
+def aggregate(runs: list[dict]) -> dict[str, Any]:
+    out = {"top1": _stats([r["top1"] for r in runs]), "top5": _stats([r["top5"] for r in runs])}
+    for split in runs[0]["by_split"]:
+        out[f"{split}_top1"] = _stats([r["by_split"][split]["top1"] for r in runs])
+        out[f"{split}_top5"] = _stats([r["by_split"][split]["top5"] for r in runs])
+    for shift in runs[0]["shifts_top1"]:
+        out[f"shift_{shift}_top1"] = _stats([r["shifts_top1"][shift] for r in runs])
+    return out
+
+
+def _metric(run: dict, metric: str) -> float:
+    if metric in run:
+        return run[metric]
+    split, _, k = metric.rpartition("_")  # "held_out_top1"
+    return run["by_split"][split][k]
+
+
+def verdict(agg: dict, runs: dict, better: str = "curated", worse: str = "raw", metric: str = "top1") -> dict:
+    """The issue's test: `better` wins when its mean beats `worse`'s by more than the larger of the arms' std and its
+    worst run beats the other's best. Also the paired view: the same seed gives both arms the same initial weights,
+    so the per-seed differences have a spread of their own, smaller when the seed moves both arms alike."""
+    c, r = agg[better][metric], agg[worse][metric]
+    margin = c["mean"] - r["mean"]
+    by_seed = {x["seed"]: _metric(x, metric) for x in runs[worse]}
+    diffs = [_metric(x, metric) - by_seed[x["seed"]] for x in runs[better] if x["seed"] in by_seed]
+    return {
+        "arms": f"{better} - {worse}",
+        "metric": metric,
+        "margin": margin,
+        "larger_std": max(c["std"], r["std"]),
+        "ranges_separate": c["min"] > r["max"],
+        "wins": margin > max(c["std"], r["std"]) and c["min"] > r["max"],
+        "paired_differences": diffs,
+        "paired_std": statistics.stdev(diffs) if len(diffs) > 1 else None,
+        "seeds_won": f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
+    }
+
+
+def table(result: dict) -> str:
+    lines = [f"{'arm':<8} {'samples':>7} {'its-class':>9} {'top1 all':>16} {'top1 train':>16} "
+             f"{'top1 held-out':>16} {'top5 all':>16}"]  # fmt: skip
+    for arm in result["aggregate"]:
+        a, d = result["aggregate"][arm], result["datasets"][arm]
+
+        def cell(m: str, a=a) -> str:
+            return f"{100 * a[m]['mean']:5.1f} ± {100 * a[m]['std']:4.1f}" if m in a else "n/a"
+
+        share = d["graded"]["caption_names_its_class_share"]
+        lines.append(f"{arm:<8} {d['funnel']['samples']:>7} {100 * share:8.0f}% {cell('top1'):>16} "
+                     f"{cell('train_top1'):>16} {cell('held_out_top1'):>16} {cell('top5'):>16}")  # fmt: skip
+    for v in result["verdicts"]:
+        lines.append(f"{v['arms']} {v['metric']}: {100 * v['margin']:+.1f} points (larger std "
+                     f"{100 * v['larger_std']:.1f}); ranges separate: {v['ranges_separate']}; "
+                     f"wins: {v['wins']}; seeds won {v['seeds_won']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _one_thread() -> None:
+    """torch on one intra-op thread, in this process and the loader's workers: with the tiny model a second thread
+    only adds hand-off, which on a busy 2-core machine made `wit train` 7x slower (113 s against 15 s for 20 steps)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def _earlier(out: Path, s: dict, reuse: bool) -> dict:
+    """With --reuse, the results JSON of an earlier run of the same settings (its finished runs are kept)."""
+    if not reuse or not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text())
+    same = all(earlier["settings"].get(k) == v for k, v in s.items() if k != "seeds")
+    return earlier if same else {}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a small web and few steps: a smoke run")
+    for name in ("pages", "images_per_page", "eval_per_class", "steps", "batch_size"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
+    p.add_argument("--web-seed", type=int, default=0)
+    p.add_argument("--caption-mix", metavar="MIX",
+                   help="alt-text kinds per deck of the web, e.g. good=8,boilerplate=6,non_english=4,empty=4 "
+                   "(WebConfig.caption_mix; default: the web's own mix); written to *_noisy.json")  # fmt: skip
+    p.add_argument("--oracle", action="store_true",
+                   help="also the investigation arm: curated less the mismatched alt text (by the truth)")  # fmt: skip
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the datasets, and the finished runs in the results JSON, of an earlier run")  # fmt: skip
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    s = dict(SETTINGS["quick" if args.quick else "full"])
+    s |= {k: getattr(args, k) for k in ("pages", "images_per_page", "eval_per_class", "steps", "batch_size", "seeds")
+          if getattr(args, k) is not None}  # fmt: skip
+    s["web_seed"] = args.web_seed
+    name = ("quick" if args.quick else "full") + ("_noisy" if args.caption_mix else "")
+    if args.caption_mix:
+        s["caption_mix"] = args.caption_mix
+    s.setdefault("caption_mix", None)
+    stem = "curation_ablation" + ("_quick" if args.quick else "") + ("_noisy" if args.caption_mix else "")
+    out = args.out or HERE / "results" / f"{stem}.json"
+    work = WORK / name
+    _one_thread()
+    t_all = time.monotonic()
+    load_start = _loadavg()
+    earlier = _earlier(out, s, args.reuse)
+    if args.reuse and (work / "made.json").is_file():
+        made = json.loads((work / "made.json").read_text())
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        made = make_datasets(s, work)
+    arms = ARMS + (("oracle",) if args.oracle else ())
+    if args.oracle and not (work / "oracle" / "manifest.json").is_file():
+        made["seconds"] |= make_oracle(work)
+    (work / "made.json").write_text(json.dumps(made))
+    truth = work / "web" / "served" / "truth.parquet"
+    datasets = {arm: {"funnel": funnel(work / arm), "graded": graded(work / arm, truth)} for arm in arms}
+    for arm in set(arms) - {"raw"}:
+        datasets[arm]["rejected_by_truth"] = rejections_graded(work / arm, truth)
+    runs: dict[str, list] = {arm: [] for arm in arms}
+    for seed in s["seeds"]:
+        for arm in arms:
+            done = [r for r in earlier.get("runs", {}).get(arm, []) if r["seed"] == seed]
+            print(f"\n== {arm}, seed {seed}{' (from the earlier results)' if done else ''} ==", flush=True)
+            runs[arm].append(done[0] if done else train_and_eval(work / arm, work / "runs" / f"{arm}-{seed}",
+                                                                 work / "web", s, seed))  # fmt: skip
+    agg = {arm: aggregate(runs[arm]) for arm in arms}
+    verdicts = [verdict(agg, runs), verdict(agg, runs, metric="held_out_top1"), verdict(agg, runs, metric="top5")]
+    if args.oracle:
+        verdicts += [verdict(agg, runs, "oracle", "curated"), verdict(agg, runs, "oracle", "raw")]
+    train_eval = {a: sum(r["seconds"]["train"] + r["seconds"]["eval"] for r in runs[a]) for a in arms}
+    data = sum(made["seconds"][k] for k in ("generate_web", "crawl", "raw: wit fetch", "curated: wit build"))
+    result = {
+        "what": "zero-shot accuracy of a tiny CLIP trained with the same budget on raw vs curated pairs of one web",
+        "settings": s | {"model": "tiny", "lr": 5e-4, "warmup": max(1, min(100, s["steps"] // 10)),
+                         "image_size": 96, "samples_seen": s["steps"] * s["batch_size"]},  # fmt: skip
+        "arms": {arm: ARM_NOTES[arm] for arm in arms},
+        "web": made["web"],
+        "candidates": made["candidates"],
+        "datasets": datasets,
+        "runs": runs,
+        "aggregate": agg,
+        "verdicts": verdicts,
+        "curated_wins": verdicts[0]["wins"],
+        "seconds": made["seconds"] | {
+            **{f"{a}: train+eval": v for a, v in train_eval.items()},
+            "benchmark (data, raw and curated runs)": data + train_eval["raw"] + train_eval["curated"],
+            "this invocation": time.monotonic() - t_all},  # fmt: skip
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_start": earlier.get("machine", {}).get("loadavg_start", load_start),
+                    "loadavg_end": _loadavg(), "torch_threads": int(os.environ["OMP_NUM_THREADS"]),
+                    "note": "2 cores shared with other jobs: timings vary with the load, accuracies do not"},
+    }  # fmt: skip
+    if "investigation" in earlier:
+        result["investigation"] = earlier["investigation"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n" + table(result))
+    print(f"time {result['seconds']['this invocation']:.0f}s; results: {out}")
+
+
+if __name__ == "__main__":
+    main()
