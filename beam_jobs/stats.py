@@ -7,7 +7,6 @@ opened only for the few samples the page shows. A training run folder (metrics.j
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.options import split_args
 from clipmodel.train_log import METRICS_FILE
+from pipeline import fsio
 from pipeline.report.compare import compare_stats
 from pipeline.report.stage import DatasetStats
 from pipeline.shard_reader import load_manifest
@@ -32,17 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_json_atomic(path: Path, value: dict) -> None:
-    """Write JSON to a temporary file beside `path` and rename it over: readers never see half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a plain open, so the umask sets its mode
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write JSON under a temporary name beside `path` and rename it over: readers never see half a report."""
+    fsio.mkdirs(path.parent)
+    with fsio.atomic_write(path) as f:
+        f.write((json.dumps(value, indent=1, sort_keys=False, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def dataset_stats(datasets: Sequence[Path], seed: int, options: PipelineOptions, work: Path) -> list[dict]:

@@ -269,9 +269,7 @@ def _loglog_fig(curves: Sequence[tuple[str, Sequence[Sequence[float]]]], cap: fl
         ax.legend(frameon=False, fontsize=8)
         _plain_axis(ax, "x")
         _plain_axis(ax, "y")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, loc="left")
+    _label(ax, xlabel, ylabel, title)
     return fig
 
 
@@ -309,10 +307,14 @@ def _series_fig(series: Sequence[tuple[str, Sequence[float], Sequence[float | No
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         _plain_axis(ax, "x")
         _plain_axis(ax, "y")
+    _label(ax, xlabel, ylabel, title)
+    return fig
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, loc="left")
-    return fig
 
 
 def _finite(y: Any) -> bool:

@@ -2,7 +2,6 @@
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -382,17 +381,13 @@ def render_html(stats: Mapping[str, Any]) -> str:
 
 def render_report(stats: dict, out_dir: Path) -> Path:
     """Write OUT_DIR/index.html for `stats` (dataset, compare or run format), atomically; return its path."""
+    from pipeline import fsio  # here, not at the top: it imports Beam, which rendering alone does not need
+
     html = render_html(stats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / INDEX
-    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from a web server or a colleague
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with fsio.atomic_write(target) as f:
+        f.write(html.encode("utf-8"))
+    os.chmod(target, 0o644)  # readable by a web server or a colleague whatever the umask
     return target
