@@ -13,6 +13,7 @@ from pathlib import Path
 from wit import CommandError
 
 STEPS = 8
+DEFAULT_PORT = 28530  # below Linux's ephemeral range (32768-60999), so outgoing connections do not take it
 # What a demo writes under --out: a folder holding anything else is not replaced.
 _OUTPUTS = frozenset(
     ("web", "crawl", "dataset", "report", "model.json", "run", "eval.json", "embeddings", "filtered", "summary.json")
@@ -43,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     web.add_argument("--pages", type=int, default=32, help="pages of the synthetic web (default 32)")
     web.add_argument("--images-per-page", type=int, default=50, help="on average (default 50)")
     web.add_argument("--eval-per-class", type=int, default=10, help="labelled eval images per class (default 10)")
+    web.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="BASE",
+                     help=f"serve the web's hosts on ports BASE, BASE+1, ...: sample keys hash the URL, port included, "
+                     f"so fixed ports make the demo reproducible (default {DEFAULT_PORT}; 0: free ports, the shards' "
+                     "order then changes run to run)")  # fmt: skip
     web.add_argument("--depth", type=int, default=10, help="crawl depth (default 10)")
     web.add_argument("--threads", type=int, default=32, help="fetches in flight (default 32)")
     web.add_argument("--image-size", type=int, default=96, help="smaller side of stored images (default 96)")
@@ -91,6 +96,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError("--steps must be >= 1, --batch-size >= 2 and --hold-out-shards >= 1")
     if args.context_length != 0 and args.context_length < 8:
         raise CommandError("--context-length must be 0 (the architecture's) or at least 8")
+    if not (args.port == 0 or 1024 <= args.port <= 65535 - 16):
+        raise CommandError(f"--port must be 0 (free ports) or a base in 1024..{65535 - 16}, got {args.port}")
     if not 0 < args.top_fraction <= 1 or not 0 < args.semdedup_eps < 1:
         raise CommandError("--top-fraction must lie in (0, 1] and --semdedup-eps in (0, 1)")
 
@@ -165,7 +172,7 @@ def _exists(path: Path) -> str:
 
 
 def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
-    from pipeline.synthweb import WebConfig, serve_web
+    from pipeline.synthweb import WebConfig
 
     web, crawl, dataset = paths["web"], paths["crawl"], paths["dataset"]
     cfg = WebConfig(seed=args.seed, pages=args.pages, images_per_page=args.images_per_page,
@@ -174,7 +181,7 @@ def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
              f"{cfg.eval_per_class} labelled eval images per class")  # fmt: skip
     _wit(["web", "generate", "--out", str(web), "--seed", str(cfg.seed), "--pages", str(cfg.pages),
           "--images-per-page", str(cfg.images_per_page), "--eval-per-class", str(cfg.eval_per_class)])  # fmt: skip
-    with serve_web(web) as served:
+    with _serve(web, cfg.hosts, args.port) as served:
         print(f"      served on {', '.join(served.base_urls)} (in this process; `wit web serve {web}` does the same)")
         # The synthetic web lives on loopback, so private addresses are allowed for this run only.
         _step(2, "crawl it from its seeds")
@@ -186,6 +193,19 @@ def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
               "--image-size", str(args.image_size), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
     _wit(["shards", "verify", str(dataset)])
     return _funnel(crawl, dataset)
+
+
+def _serve(web: Path, hosts: int, base: int):
+    from pipeline.synthweb import serve_web
+
+    ports = [base + i for i in range(hosts)] if base else None
+    try:
+        return serve_web(web, ports=ports)
+    except OSError as e:
+        raise CommandError(
+            f"cannot serve the web on ports {base}-{base + hosts - 1} ({e.strerror}): another demo may "
+            "be running; pass --port with another base, or --port 0 for free ports"
+        ) from e
 
 
 def _funnel(crawl: Path, dataset: Path) -> dict:

@@ -1,7 +1,10 @@
 """`wit demo`, reduced (a small web, a few training steps): every step runs, and every artifact exists and is valid."""
 
+import hashlib
 import importlib.util
 import json
+import random
+import socket
 
 import pytest
 
@@ -15,11 +18,32 @@ REDUCED = ["--pages", "6", "--images-per-page", "20", "--eval-per-class", "1", "
 REDUCED += ["--steps", "8", "--batch-size", "16"]
 
 
+def _free_base(hosts: int = 3) -> int:
+    """A base port with `hosts` free ports above it, below the ephemeral range: the demo's default base may be taken
+    by a demo someone is running beside the tests."""
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 32000)
+        socks = []
+        try:
+            for port in range(base, base + hosts):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
 # Not marked slow, so that CI (`make test`) runs the demo: 44 s on this 2-core machine lightly loaded, ~100 s busy.
 @pytest.mark.usefixtures("one_thread")
 def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *REDUCED]) == 0
+    assert main(["demo", "--out", str(out), "--port", str(_free_base()), *REDUCED]) == 0
     printed = capsys.readouterr().out
     for command in ("web generate", "crawl", "build", "train", "eval", "encode", "filter"):
         assert f"$ wit {command} " in printed, command  # each step shows the command line that ran
@@ -85,3 +109,35 @@ def test_demo_refuses_bad_settings_before_doing_anything(tmp_path, capsys, flags
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *flags]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def _digests(folder) -> dict[str, str]:
+    """The data files' digests (the hidden bookkeeping files name their own paths)."""
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    assert files, f"{folder} is empty"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.mark.slow  # two reduced demos, ~90 s
+@pytest.mark.usefixtures("one_thread")
+def test_demo_on_the_same_ports_is_reproducible(tmp_path) -> None:
+    """Sample keys hash the URL, port included: on the same ports two demos give the same shards, the same trained
+    model's numbers and the same filter - the summary is identical but for the paths and timings."""
+    base = str(_free_base())
+    summaries = []
+    for name in ("a", "b"):
+        assert main(["demo", "--out", str(tmp_path / name), "--port", base, *REDUCED]) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summaries.append({k: v for k, v in summary.items() if k not in ("paths", "seconds")})
+    assert summaries[0] == summaries[1]
+    for folder in ("dataset/shards", "filtered/shards", "embeddings/img_emb", "embeddings/text_emb"):
+        assert _digests(tmp_path / "a" / folder) == _digests(tmp_path / "b" / folder), folder
+
+
+def test_demo_says_which_port_is_taken(tmp_path, capsys) -> None:
+    base = _free_base()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", base + 1))
+        s.listen()
+        rc = main(["demo", "--out", str(tmp_path / "demo"), "--port", str(base), *REDUCED])
+    assert rc == 2 and f"cannot serve the web on ports {base}-{base + 2}" in capsys.readouterr().err
