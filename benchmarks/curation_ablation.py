@@ -410,7 +410,7 @@ def main() -> None:
         verdict(agg, runs, "filtered", "raw", "held_out_top1"),
         verdict(agg, runs, "filtered", "raw", "top5"),
         verdict(agg, runs),
-        verdict(agg, runs, "filtered"),
+        verdict(agg, runs, "filtered", "curated"),
     ]
     if args.oracle:
         verdicts += [verdict(agg, runs, "oracle", "curated"), verdict(agg, runs, "oracle", "raw")]
