@@ -145,7 +145,7 @@ def loaded_checkpoint(run: Path) -> str:
     return load_model(str(run), device="cpu").description
 
 
-def eval_numbers(path: Path, web_eval: Path) -> dict[str, Any]:
+def eval_numbers(path: Path, web_eval: Path, retrieval: bool = True) -> dict[str, Any]:
     """The headline numbers of `wit eval --out` JSON; KeyError if one is missing."""
     results = json.loads(path.read_text())
     zs = results["zeroshot"][str(web_eval)]
@@ -157,6 +157,8 @@ def eval_numbers(path: Path, web_eval: Path) -> dict[str, Any]:
         raise KeyError(f"zero-shot has no {' or '.join(sorted(missing))} split")
     rob = results["robustness"][str(web_eval)]
     out["shifts"] = {n: s["top1"] for n, s in rob["sets"].items() if n != rob["reference"]}
+    if not retrieval:
+        return out
     r = results["retrieval"]
     out["retrieval"] = {"pairs": r["pairs"], "distinct_captions": r["distinct_captions"]}
     for way in ("image_to_text", "text_to_image"):
@@ -222,6 +224,12 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  semantic dedup     removed {d['removed']}: precision {_pct(d['precision'])} true duplicates "
                      f"(random removal: {_pct(d['base_rate'])}), recall {_pct(d['recall'])} of "
                      f"{d['true_positives_in_dataset']}")  # fmt: skip
+    a = s.get("zeroshot_after_filter")
+    if a and z:
+        lines.append(f"trained again on the filtered dataset (same steps, batch, seed): zero-shot top-1 "
+                     f"{_pct(a['top1'])} = {a['top1'] / a['chance']:.1f}x chance ({100 * (a['top1'] - z['top1']):+.1f} "
+                     f"points; train classes {_pct(a['by_split']['train']['top1'])}, held-out "
+                     f"{_pct(a['by_split']['held_out']['top1'])})")  # fmt: skip
     lines.append("checks:")
     for name, verdict in s["checks"].items():
         lines.append(f"  {name:<18} {verdict}")

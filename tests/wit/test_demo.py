@@ -87,6 +87,12 @@ def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, caps
     assert 0 < kept.rows < manifest.rows
     assert set(kept.counts["score"]) <= {reasons.LOW_CLIP_SCORE, reasons.SEMANTIC_DUPLICATE}
 
+    # The same training on the filtered dataset: its checkpoint loads, trained on the filtered shards.
+    again = load_model(str(out / "run-filtered"), device="cpu")
+    assert "8 steps" in again.description
+    config = json.loads((out / "run-filtered" / "config.json").read_text())
+    assert [d["path"] for d in config["config"]["data"]] == [str(filtered)]
+
     # The summary: printed and written, its numbers those of the artifacts.
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and set(summary["checks"].values()) == {"ok"}
@@ -97,7 +103,10 @@ def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, caps
     assert truth["samples"] == manifest.rows and truth["kept"] == kept.rows and truth["no_truth"] == 0
     removed = truth["clip_score"]["removed"] + truth["semantic_dedup"]["removed"]
     assert removed == manifest.rows - kept.rows == sum(kept.counts["score"].values())
+    after = json.loads((out / "eval-filtered.json").read_text())["zeroshot"][str(out / "web" / "eval")]
+    assert summary["zeroshot_after_filter"]["top1"] == after["top1"]
     assert "zero-shot top-1" in printed and "R@1" in printed and "precision" in printed
+    assert "trained again on the filtered dataset" in printed
 
 
 @pytest.mark.parametrize(
