@@ -232,7 +232,7 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{_pct(a['by_split']['held_out']['top1'])})")  # fmt: skip
     lines.append("checks:")
     for name, verdict in s["checks"].items():
-        lines.append(f"  {name:<18} {verdict}")
+        lines.append(f"  {name:<20} {verdict}")
     times = ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items())
     lines.append(f"time: {times}")
     lines.append("PASS: every artifact exists and verifies." if s["ok"] else "FAIL: see the checks above.")
