@@ -81,6 +81,7 @@ def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, caps
     # Bootstrap: embeddings of every sample, and a filtered dataset that verifies and is a strict subset.
     info = read_info(out / "embeddings")
     assert info["complete"] and info["rows"] == manifest.rows
+    assert "trained 2 steps" in info["model"]  # the first checkpoint, a third into the run, scores for the filter
     filtered = out / "filtered"
     assert verify_dataset(filtered) == []
     kept = DatasetManifest.from_json((filtered / "manifest.json").read_text())
