@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from pipeline.synthweb import WebConfig, generate_web, serve_web
 from pipeline.synthweb.captions import mentioned_classes
+from pipeline.synthweb.truth import picture_of, same_text
 from schemas import fields
 
 HERE = Path(__file__).resolve().parent
@@ -150,13 +151,9 @@ def make_filtered(work: Path, s: dict) -> dict[str, Any]:
     }
 
 
-def _norm(text: str | None) -> str:
-    return " ".join((text or "").split()).casefold()
-
-
 def _mismatched(t: dict | None, caption: str | None) -> bool:
     """The candidate's caption is its picture's alt text, written about another class."""
-    return t is not None and t["caption_kind"] == "mismatch" and _norm(caption) == _norm(t["caption"])
+    return t is not None and t["caption_kind"] == "mismatch" and same_text(caption, t["caption"])
 
 
 def _rows(files) -> int:
@@ -185,15 +182,13 @@ def graded(dataset: Path, truth_path: Path) -> dict[str, Any]:
     names, kinds, groups, leaks, unknown = Counter(), Counter(), Counter(), 0, 0
     pictures = []
     for s in _samples(dataset):
-        t = by_url.get(s[fields.URL])
-        while t is not None and t.get("target"):
-            t = by_id.get(t["target"])
+        t = picture_of(s[fields.URL], by_url, by_id)
         if t is None or not t["label"]:
             unknown += 1
             continue
         said = mentioned_classes(s[fields.CAPTION] or "")
         names["its class" if said == {t["label"]} else "another class" if said else "no class"] += 1
-        same_as_alt = _norm(s[fields.CAPTION]) == _norm(t["caption"])
+        same_as_alt = same_text(s[fields.CAPTION], t["caption"])
         kinds[t["caption_kind"] if same_as_alt and t["caption_kind"] else "other text (figcaption, title, ...)"] += 1
         picture = t["dup_group"] or t["near_dup_group"] or t["id"]
         pictures.append(picture)
@@ -221,7 +216,7 @@ def rejections_graded(dataset: Path, truth_path: Path) -> dict[str, dict[str, in
             if r["stage"] in ("fetch", "image"):
                 continue
             t = truth.get(r[fields.URL])
-            alt = t is not None and t["caption_kind"] and _norm(r[fields.CAPTION]) == _norm(t["caption"])
+            alt = t is not None and t["caption_kind"] and same_text(r[fields.CAPTION], t["caption"])
             out.setdefault(f"{r['stage']}: {r['reason']}", Counter())[t["caption_kind"] if alt else "other text"] += 1
     return {k: dict(v.most_common()) for k, v in sorted(out.items())}
 

@@ -143,10 +143,10 @@ def run(args: argparse.Namespace) -> int:
     funnel = _web_crawl_build(args, paths)
     rows = ds.verified_dataset(paths["dataset"])
     report = _stats(paths)
-    held_out = _train(args, paths)
+    held_out, model = _train(args, paths)
     _eval(paths, held_out)
     _bootstrap(args, paths)
-    _retrain(args, paths)
+    _retrain(args, paths, model)
 
     _step(9, "checks and summary")
     checks = ds.Checks()
@@ -264,8 +264,8 @@ def _stats(paths: dict[str, Path]) -> Path | None:
     return html if html.is_file() else paths["report"] / "stats.json"
 
 
-def _train(args: argparse.Namespace, paths: dict[str, Path]) -> list[str]:
-    """Step 5: train on every shard but the first --hold-out-shards; returns the held-out tars."""
+def _train(args: argparse.Namespace, paths: dict[str, Path]) -> tuple[list[str], str]:
+    """Step 5: train on every shard but the first --hold-out-shards; returns the held-out tars and the model spec."""
     from pipeline.shard_reader import list_shards
 
     tars = [str(paths["dataset"] / s.tar.path) for s in list_shards(paths["dataset"])]
@@ -276,23 +276,25 @@ def _train(args: argparse.Namespace, paths: dict[str, Path]) -> list[str]:
         )
     held_out, train = tars[: args.hold_out_shards], tars[args.hold_out_shards :]
     _step(5, f"train a {args.model} CLIP on {len(train)} shards ({len(held_out)} held out for retrieval)")
+    model = _model_spec(args, paths["model"])
     # Checkpoints every third of the run too: the filter scores with the first (see _bootstrap).
-    every = _filter_step(args)
-    argv = _train_argv(args, train, _model_spec(args, paths["model"]), paths["run"])
-    _wit(argv[: argv.index("--save-every")] + ["--save-every", str(every), "--keep", str(args.steps // every + 1)])
-    return held_out
+    _wit(_train_argv(args, train, model, paths["run"], save_every=_filter_step(args)))
+    return held_out, model
 
 
 def _filter_step(args: argparse.Namespace) -> int:
     return max(1, args.steps // 3)
 
 
-def _train_argv(args: argparse.Namespace, data: list[str], model: str, out: Path) -> list[str]:
-    """The demo's one training recipe, for the first run and the one on the filtered dataset."""
+def _train_argv(args: argparse.Namespace, data: list[str], model: str, out: Path, save_every: int = 0) -> list[str]:
+    """The demo's one training recipe, for the first run and the one on the filtered dataset: a checkpoint every
+    `save_every` steps (default: only at the end), all of them kept."""
     warmup = max(1, min(100, args.steps // 10))
+    every = save_every or args.steps
+    saves = ["--save-every", str(every), "--keep", str(args.steps // every + 1)]
     return ["train", "--data", *data, "--model", model, "--out", str(out), "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", str(warmup),
-            "--workers", str(args.workers), "--seed", str(args.seed), "--save-every", str(args.steps)]  # fmt: skip
+            "--workers", str(args.workers), "--seed", str(args.seed), *saves]  # fmt: skip
 
 
 def _model_spec(args: argparse.Namespace, path: Path) -> str:
@@ -336,11 +338,10 @@ def _bootstrap(args: argparse.Namespace, paths: dict[str, Path]) -> None:
           "--seed", str(args.seed), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
 
 
-def _retrain(args: argparse.Namespace, paths: dict[str, Path]) -> None:
+def _retrain(args: argparse.Namespace, paths: dict[str, Path], model: str) -> None:
     """Step 8: the same training (steps, batch, seed) on what the filter kept, evaluated zero-shot again: what the
     bootstrap filter is worth. Retrieval is not repeated: the filtered dataset holds the held-out shard's pairs."""
     _step(8, "train again on the filtered dataset (same steps, batch and seed), evaluate zero-shot")
-    model = str(paths["model"]) if paths["model"].is_file() else args.model
     _wit(_train_argv(args, [str(paths["filtered"])], model, paths["run_filtered"]))
     _wit(["eval", "--model", str(paths["run_filtered"]), "--web", str(paths["web"]), "--out",
           str(paths["eval_filtered"])])  # fmt: skip

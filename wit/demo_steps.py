@@ -45,18 +45,6 @@ def _parquet_rows(pattern: str, columns: list[str]) -> list[dict]:
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pylist()
 
 
-def _truth_of(url: str, by_url: dict[str, dict], by_id: dict[str, dict]) -> dict | None:
-    """The truth row of the picture a URL serves, following a redirect to its target."""
-    row = by_url.get(url)
-    while row is not None and row.get("target"):
-        row = by_id.get(row["target"])
-    return row
-
-
-def _normal(text: str | None) -> str:
-    return " ".join((text or "").split()).casefold()
-
-
 def filter_vs_truth(dataset: Path, filtered: Path, truth_path: Path) -> dict[str, Any]:
     """What `wit filter` removed from `dataset` (kept in `filtered`), judged by the synthetic web's truth.
 
@@ -64,6 +52,8 @@ def filter_vs_truth(dataset: Path, filtered: Path, truth_path: Path) -> dict[str
     class), in another language or as boilerplate; a sample is a duplicate when another sample of the dataset shows
     the same picture (exact or near copy: the truth's dup_group / near_dup_group).
     """
+    from pipeline.synthweb.truth import picture_of, same_text
+
     truth = pq.read_table(truth_path).to_pylist()
     by_url, by_id = {r["url"]: r for r in truth}, {r["id"]: r for r in truth}
     rows = _parquet_rows(f"{dataset}/{SHARDS_DIR}/*.parquet", [fields.KEY, fields.URL, fields.CAPTION])
@@ -72,11 +62,11 @@ def filter_vs_truth(dataset: Path, filtered: Path, truth_path: Path) -> dict[str
                                                                     [fields.KEY, fields.REASON])}  # fmt: skip
     bad, groups, unknown = set(), {}, 0
     for r in rows:
-        t = _truth_of(r[fields.URL], by_url, by_id)
+        t = picture_of(r[fields.URL], by_url, by_id)
         if t is None:
             unknown += 1
             continue
-        if t["caption_kind"] in BAD_CAPTION_KINDS and _normal(r[fields.CAPTION]) == _normal(t["caption"]):
+        if t["caption_kind"] in BAD_CAPTION_KINDS and same_text(r[fields.CAPTION], t["caption"]):
             bad.add(r[fields.KEY])
         groups[r[fields.KEY]] = {g for g in (t["dup_group"], t["near_dup_group"]) if g}
     members = Counter(g for gs in groups.values() for g in gs)

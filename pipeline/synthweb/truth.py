@@ -84,6 +84,21 @@ def load_truth(web_dir: str | Path) -> list[dict]:
     return pq.read_table(Path(web_dir) / TRUTH_FILE, schema=TRUTH_SCHEMA).to_pylist()
 
 
+def picture_of(url: str, by_url: dict[str, dict], by_id: dict[str, dict]) -> dict | None:
+    """The truth row of the picture a served URL shows (rows keyed by served url and by id), following a redirect to
+    its target; None for a URL the web does not know."""
+    row = by_url.get(url)
+    while row is not None and row.get("target"):
+        row = by_id.get(row["target"])
+    return row
+
+
+def same_text(a: str | None, b: str | None) -> bool:
+    """Equal but for whitespace and case: a candidate's caption is the alt text the truth recorded (extraction
+    collapses whitespace)."""
+    return " ".join((a or "").split()).casefold() == " ".join((b or "").split()).casefold()
+
+
 def load_eval(web_dir: str | Path, shift: str | None = None) -> list[dict]:
     """Rows of eval/labels.parquet (shift None) or eval_shift/<shift>/labels.parquet, with `path` made absolute."""
     folder = Path(web_dir) / (EVAL_DIR if shift is None else f"{EVAL_SHIFT_DIR}/{shift}")
