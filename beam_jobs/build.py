@@ -10,7 +10,6 @@ Rejections of every stage land in OUT/rejected/ with stage and reason; kept + re
 """
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -20,24 +19,35 @@ from beam_jobs.build_config import BuildConfig, ScoreConfig, given, resolve
 from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
 from pipeline import fsio
-from pipeline.batches import BATCH_ROWS, CountRows, Unbatch
+from pipeline.batches import BATCH_ROWS, Unbatch
 from pipeline.curate.balance import BalanceQueries, WriteBalanceCounts
 from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
 from pipeline.curate.image_dedup import DedupImages
 from pipeline.curate.image_refs import reference_sets
 from pipeline.curate.text import CurateText
 from pipeline.fetch.hosts import format_host_summary, host_summary
-from pipeline.fetch.stage import FetchImages
-from pipeline.shard_reader import iter_shard, load_manifest
+from pipeline.fetch.stage import BucketJob, FetchBuckets
+from pipeline.reshard import Reshard, read_kept
+from pipeline.shard_reader import load_manifest
 from pipeline.shards import carry_files
 from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
-from pipeline.sources.url_lists import ReadUrlLists, counted_rows
-from pipeline.write_dataset import Carried, WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
+from pipeline.sources.url_lists import ReadUrlLists, count_rows
+from pipeline.spill import Spill, read_spilled
+from pipeline.write_dataset import (
+    WORK_DIR,
+    Carried,
+    FinalizeDataset,
+    WriteRejections,
+    bucket,
+    buckets_for,
+    completed_buckets,
+    run_fingerprint,
+)
 from schemas import DatasetManifest, fields
 from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
 
 REJECTED = "rejected"
-WORK_DIR = ".build"  # staging inside OUT: hidden, and removed once the dataset is complete
+STAGE_DIR = ".build"  # staging inside OUT: hidden, and removed once the dataset is complete
 # What image dedup reads of each fetched sample: its hashes and signals, and what a rejection row carries.
 _DEDUP_COLUMNS = [fields.KEY, fields.URL, fields.CAPTION, fields.PAGE_URL, fields.SOURCE, fields.SOURCE_ROW,
                   fields.SHA256, fields.PHASH, fields.ORIGINAL_WIDTH, fields.ORIGINAL_HEIGHT,
@@ -67,9 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--min-clip-score", type=float, metavar="X", help="reject image-caption cosine under X")
 
 
-def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
+def _curate(batches: beam.PCollection, cfg: BuildConfig, rows_hint: int | None = None) -> tuple:
     """Text rules and language, earlier datasets, candidate dedup, query balancing over Rows batches: what is left
-    (batches), the rejections (one PCollection of batches), and the balancing outputs (None when balancing is off)."""
+    (batches), the rejections (a tuple of PCollections of batches, one a stage: a Flatten would make the in-process
+    runner buffer them), and the balancing outputs (None when balancing is off)."""
     rejected = []
     text = batches | "Text" >> CurateText(cfg.text)
     kept = text.kept
@@ -78,7 +89,7 @@ def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
         seen = kept | "ExcludeSeen" >> ExcludeSeen(cfg.run.exclude_from)
         kept = seen.kept
         rejected.append(seen[REJECTED])
-    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup, rows_hint=counted_rows(cfg.sources))
+    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup, rows_hint=rows_hint)
     kept = dedup.kept
     rejected.append(dedup[REJECTED])
     balanced = None
@@ -86,45 +97,35 @@ def _curate(batches: beam.PCollection, cfg: BuildConfig) -> tuple:
         balanced = kept | "Balance" >> BalanceQueries(cfg.balance)
         kept = balanced.kept
         rejected.append(balanced[REJECTED])
-    return kept, rejected | "CurationRejected" >> beam.Flatten(), balanced
+    return kept, tuple(rejected), balanced
 
 
-def fetch_phase(cfg: BuildConfig, config: dict, out: str, stage: str, options, progress: bool) -> None:
-    """Pipeline 1: sources to a staging dataset of fetched samples and every rejection so far (resumable)."""
+def fetch_phase(cfg: BuildConfig, config: dict, out: str, stage: str, options, progress: bool) -> int:
+    """Pipeline 1: sources to a staging dataset of fetched samples and every rejection so far (resumable); returns
+    its bucket count, which also names the staging shard that holds each key."""
     fingerprint = run_fingerprint(config)
+    candidates = count_rows(cfg.sources)
+    buckets = buckets_for(candidates, cfg.run.samples_per_shard)
     done = completed_buckets(stage, fingerprint) if fsio.is_dir(stage) else {}
+    done = {i: r for i, r in done.items() if r.buckets == buckets}
     if done:
-        print(f"resuming: {len(done)} fetch buckets of an earlier run are complete and kept")
+        print(f"resuming: {len(done)} of {buckets} fetch buckets of an earlier run are complete and kept")
+    work = fsio.join(out, STAGE_DIR, WORK_DIR)
+    fsio.remove_tree(work)
+    job = BucketJob(stage, buckets, fingerprint, work, 0, frozenset(done))
     with beam.Pipeline(options=options) as p:
         read = p | "Read" >> ReadUrlLists(cfg.sources, batch_rows=BATCH_ROWS)
-        sizes = (
-            read.candidates | "CountCandidates" >> CountRows(),
-            read[SOURCE_REJECTED] | "CountUnreadable" >> beam.combiners.Count.Globally(),
-        )
-        buckets = (
-            sizes
-            | "Sizes" >> beam.Flatten()
-            | "Total" >> beam.CombineGlobally(sum)
-            | "Buckets" >> beam.Map(buckets_for, cfg.run.samples_per_shard)
-        )
-        n = beam.pvalue.AsSingleton(buckets)
-        kept, rejected, balanced = _curate(read.candidates, cfg)
+        # Curation reruns whole (it is cheap and its counts are global); only the fetch skips finished buckets.
+        kept, rejected, balanced = _curate(read.candidates, cfg, rows_hint=candidates)
         if balanced is not None:
             _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
-        # Curation reruns whole (it is cheap and its counts are global); only the fetch skips finished buckets.
-        pending = beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
-        todo = kept | "Unbatch" >> Unbatch() | "Pending" >> pending
-        fetched = todo | "Fetch" >> FetchImages(
-            cfg.fetch, cfg.image, threads=cfg.run.threads, image_workers=cfg.run.image_workers, progress=progress
+        rejected = (read[SOURCE_REJECTED], *(r | f"UnbatchRejected{i}" >> Unbatch() for i, r in enumerate(rejected)))
+        written = {"candidates": kept | "Unbatch" >> Unbatch(), "rejected": rejected} | "Fetch" >> FetchBuckets(
+            job, cfg.fetch, cfg.image, threads=cfg.run.threads, image_workers=cfg.run.image_workers, progress=progress
         )
-        unbatched = rejected | "UnbatchRejected" >> Unbatch()
-        all_rejected = [read[SOURCE_REJECTED], unbatched, fetched[REJECTED]] | "AllRejected" >> beam.Flatten()
-        pending_rejected = all_rejected | "PendingRejected" >> beam.Filter(
-            lambda r, n: is_pending(r[fields.KEY], n, done), n=n
-        )
-        _ = {"samples": fetched.samples, "rejected": pending_rejected} | "Write" >> WriteDataset(
-            str(stage), config, buckets, done
-        )
+        _ = written | "Finalize" >> FinalizeDataset(stage, config, buckets, done)
+    fsio.remove_tree(work)
+    return buckets
 
 
 def _dedup_rows(path: str) -> Iterator[dict]:
@@ -133,29 +134,37 @@ def _dedup_rows(path: str) -> Iterator[dict]:
     yield from fsio.read_parquet(path, columns=[c for c in _DEDUP_COLUMNS if c in names]).to_pylist()
 
 
-def _samples(shard: tuple[str, str]) -> Iterator[tuple[str, tuple[dict, bytes]]]:
-    for sample in iter_shard(*shard):
-        yield sample.key, (sample.row, sample.image)
+def _update(row: dict) -> dict:
+    """What image dedup and scoring set on a kept sample; the rest of its row is the staging shard's."""
+    return {fields.KEY: row[fields.KEY], fields.DUP_GROUP: row.get(fields.DUP_GROUP)} | (
+        {fields.CLIP_SCORE: row[fields.CLIP_SCORE]} if fields.CLIP_SCORE in row else {}
+    )
 
 
-def _survivor(joined: tuple[str, dict]) -> Iterator[tuple[dict, bytes]]:
-    _, groups = joined
-    for verdict in groups["kept"]:  # at most one: the kept row, with its duplicate-group id
-        for row, image in groups["samples"]:
-            yield row | {fields.DUP_GROUP: verdict.get(fields.DUP_GROUP)}, image
+def _score(kept: beam.PCollection, rejected: tuple, cfg: ScoreConfig, sources: dict, work: str) -> tuple:
+    """Each kept sample's update with its clip_score, and the rejections with those scored under cfg.min_score.
 
-
-def _score(survivors: beam.PCollection, rejected: beam.PCollection, cfg: ScoreConfig) -> tuple:
-    """Each survivor with its clip_score, and the rejections with those scored under cfg.min_score added."""
+    The kept rows are spilled per staging shard; the worker that owns a shard reads its images from the staging tar
+    and scores them there, so image bytes go from the tar to the model inside one worker, never through a shuffle.
+    """
     from pipeline.inference import ScoreSamples  # torch only for builds that score
 
-    scored = survivors | "Score" >> ScoreSamples(cfg.model, cfg.arch, cfg.batch_size, cfg.device, cfg.precision,
-                                                 min_score=cfg.min_score)  # fmt: skip
-    return scored["scored"], (rejected, scored[REJECTED]) | "WithScoreRejected" >> beam.Flatten()
+    def samples(element: tuple[int, list[str]]) -> Iterator[tuple[dict, bytes]]:
+        source, paths = element
+        yield from read_kept(*sources[source], {r[fields.KEY]: r for r in read_spilled(paths)})
+
+    with_images = kept | "SpillToScore" >> Spill(fsio.join(work, "score")) | "ReadToScore" >> beam.FlatMap(samples)
+    scored = with_images | "Score" >> ScoreSamples(cfg.model, cfg.arch, cfg.batch_size, cfg.device, cfg.precision,
+                                                   min_score=cfg.min_score)  # fmt: skip
+    updates = scored["scored"] | "Updates" >> beam.Map(lambda sample: _update(sample[0]))
+    return updates, (*rejected, scored[REJECTED])
 
 
-def dedup_phase(cfg: BuildConfig, config: dict, out: str, staged: DatasetManifest, stage: str, options) -> None:
-    """Pipeline 2: image dedup over every fetched sample, survivors resharded into OUT beside all rejections."""
+def dedup_phase(
+    cfg: BuildConfig, config: dict, out: str, staged: DatasetManifest, stage: str, buckets: int, options
+) -> None:
+    """Pipeline 2: image dedup over the rows of every fetched sample, then the survivors copied from the staging
+    shards into OUT's shards (pipeline.reshard), beside all rejections. Only rows are judged; images are copied."""
     for folder in (SHARDS_DIR, REJECTED_DIR):  # regenerated whole: nothing stale from an interrupted run remains
         fsio.remove_tree(fsio.join(out, folder))
     carry_files(stage, out, staged.rejected)
@@ -165,26 +174,25 @@ def dedup_phase(cfg: BuildConfig, config: dict, out: str, staged: DatasetManifes
         decontaminate=[cfg.run.decontaminate] if cfg.run.decontaminate else [],
         blocklist=[cfg.run.blocklist] if cfg.run.blocklist else [],
     )
-    shards = [(fsio.join(stage, s.tar.path), fsio.join(stage, s.parquet.path)) for s in staged.shards]
+    # The fetch phase wrote bucket b as staging shard b, so a key's source shard is its bucket.
+    sources = {int(s.name): (fsio.join(stage, s.tar.path), fsio.join(stage, s.parquet.path)) for s in staged.shards}
+    work = fsio.join(out, STAGE_DIR, WORK_DIR)
+    fsio.remove_tree(work)
     with beam.Pipeline(options=options) as p:
-        rows = p | "Shards" >> beam.Create([pq for _, pq in shards]) | "ReadRows" >> beam.FlatMap(_dedup_rows)
+        rows = p | "Shards" >> beam.Create([pq for _, pq in sources.values()]) | "ReadRows" >> beam.FlatMap(_dedup_rows)
         judged = rows | "DedupImages" >> DedupImages(cfg.image_dedup, references)
-        kept = judged.kept | "KeyKept" >> beam.Map(lambda r: (r[fields.KEY], r))
-        samples = p | "ShardFiles" >> beam.Create(shards) | "ReadSamples" >> beam.FlatMap(_samples)
-        survivors = (
-            {"kept": kept, "samples": samples} | "Join" >> beam.CoGroupByKey() | "Survivors" >> beam.FlatMap(_survivor)
-        )
-        rejected = judged[REJECTED]
+        by_source = beam.Map(lambda update: (bucket(update[fields.KEY], buckets), update))
+        kept, rejected = judged.kept | "KeptUpdates" >> beam.Map(_update), (judged[REJECTED],)
         if cfg.score.model is not None:
-            survivors, rejected = _score(survivors, rejected, cfg.score)
-        buckets = (
-            survivors
-            | "CountKept" >> beam.combiners.Count.Globally()
-            | "Buckets" >> beam.Map(lambda k: max(1, math.ceil(k / cfg.run.samples_per_shard)))
+            kept, rejected = _score(kept | "BySource" >> by_source, rejected, cfg.score, sources, work)
+        shards = kept | "ToSource" >> by_source | "Reshard" >> Reshard(out, sources, cfg.run.samples_per_shard, work)
+        parts = rejected | "Rejections" >> WriteRejections(out, max(1, len(sources)), work, carried.first_index())
+        _ = (
+            (shards, parts)
+            | "Written" >> beam.Flatten()
+            | "Finalize" >> FinalizeDataset(out, config, 0, carried=carried)
         )
-        _ = {"samples": survivors, "rejected": rejected} | "Write" >> WriteDataset(
-            str(out), config, buckets, carried=carried, contiguous=True
-        )
+    fsio.remove_tree(work)
 
 
 def _model_identity(cfg: ScoreConfig, parser: argparse.ArgumentParser) -> dict:
@@ -213,14 +221,14 @@ def run(argv: Sequence[str] | None = None) -> None:
     config = {"job": "build", **cfg.to_dict()}
     if cfg.score.model is not None:
         config["score_model"] = _model_identity(cfg.score, parser)
-    out, stage = args.out, fsio.join(args.out, WORK_DIR, "fetched")  # strings: pathlib would mangle gs://
+    out, stage = args.out, fsio.join(args.out, STAGE_DIR, "fetched")  # strings: pathlib would mangle gs://
     built = fsio.is_file(fsio.join(out, MANIFEST_NAME))
     if built and run_fingerprint(load_manifest(out).config) == run_fingerprint(config):
         print(f"{out}: already built with this configuration")
         return
     fsio.mkdirs(out)
     progress = not args.no_progress and sys.stderr.isatty()
-    fetch_phase(cfg, config | {"phase": "fetch"}, out, stage, options, progress)
-    dedup_phase(cfg, config, out, load_manifest(stage), stage, options)
-    fsio.remove_tree(fsio.join(out, WORK_DIR))  # the rejections live on as hard links (or copies) in OUT
+    buckets = fetch_phase(cfg, config | {"phase": "fetch"}, out, stage, options, progress)
+    dedup_phase(cfg, config, out, load_manifest(stage), stage, buckets, options)
+    fsio.remove_tree(fsio.join(out, STAGE_DIR))  # the rejections live on as hard links (or copies) in OUT
     print(format_host_summary(host_summary(out)))

@@ -18,11 +18,11 @@ from pipeline import fsio
 from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.image import RESIZE_MODES, ImageConfig
 from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_retry_source
-from pipeline.fetch.stage import REJECTED, FetchImages
+from pipeline.fetch.stage import BucketJob, FetchBuckets
 from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
-from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig
-from pipeline.write_dataset import Carried, WriteDataset, buckets_for, completed_buckets, is_pending, run_fingerprint
-from schemas import DatasetManifest, fields, reasons
+from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig, count_rows
+from pipeline.write_dataset import WORK_DIR, Carried, FinalizeDataset, buckets_for, completed_buckets, run_fingerprint
+from schemas import DatasetManifest, reasons
 from schemas.manifest import MANIFEST_NAME
 
 # Image settings a retry takes from the dataset it retries unless given: new samples must match the old ones.
@@ -108,6 +108,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dataset
         parser.error(str(e))
 
 
+def _candidate_count(args: argparse.Namespace, config: dict, retry: DatasetManifest | None) -> int:
+    """Everything the job will account for, counted at launch: the list rows, or a retry's rejection rows."""
+    if retry is None:
+        return count_rows(UrlListConfig(**config["sources"]))
+    return sum(fsio.parquet_rows(fsio.join(args.retry_failed, part.path)) for part in retry.rejected)
+
+
 def run(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wit fetch", description=__doc__)
     add_arguments(parser)
@@ -116,12 +123,20 @@ def run(argv: Sequence[str] | None = None) -> None:
     config = _job_config(args, retry)
     fetch_cfg, image_cfg = fetch_config(args, tries=args.tries), ImageConfig(**config["image"])
     fingerprint = run_fingerprint(config)
+    try:
+        buckets = buckets_for(_candidate_count(args, config, retry), config["samples_per_shard"])
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
     done = completed_buckets(args.out, fingerprint) if fsio.is_dir(args.out) else {}
+    done = {i: r for i, r in done.items() if r.buckets == buckets}
     if done:
-        print(f"resuming: {len(done)} buckets of an earlier run of this job are complete and kept")
+        print(f"resuming: {len(done)} of {buckets} buckets of an earlier run of this job are complete and kept")
     carried = Carried(shards=retry.shards) if retry else Carried()
     if retry:
         carry_shards(args.retry_failed, args.out, carried.shards)
+    work = fsio.join(args.out, WORK_DIR)
+    fsio.remove_tree(work)  # spill files of an interrupted run: never read again
+    job = BucketJob(args.out, buckets, fingerprint, work, carried.first_index(), frozenset(done))
     with beam.Pipeline(options=options) as p:
         if retry:
             read = p | "ReadFailed" >> ReadFailed(args.retry_failed, retry.rejected)
@@ -129,21 +144,10 @@ def run(argv: Sequence[str] | None = None) -> None:
         else:
             read = p | "Read" >> ReadUrlLists(UrlListConfig(**config["sources"]))
             candidates, bad_rows = read.candidates, read[SOURCE_REJECTED]
-        everything = (candidates, bad_rows) | "AllCandidates" >> beam.Flatten()
-        total = everything | "CountCandidates" >> beam.combiners.Count.Globally()
-        buckets = total | "Buckets" >> beam.Map(buckets_for, config["samples_per_shard"])
-        n = beam.pvalue.AsSingleton(buckets)
-        todo = candidates | "Pending" >> beam.Filter(lambda c, n: is_pending(c[fields.KEY], n, done), n=n)
-        bad_rows = bad_rows | "PendingBad" >> beam.Filter(lambda r, n: is_pending(r[fields.KEY], n, done), n=n)
-        fetched = todo | "Fetch" >> FetchImages(
-            fetch_cfg,
-            image_cfg,
-            threads=args.threads,
-            image_workers=args.image_workers,
-            progress=not args.no_progress and sys.stderr.isatty(),
+        progress = not args.no_progress and sys.stderr.isatty()
+        written = {"candidates": candidates, "rejected": bad_rows} | "Fetch" >> FetchBuckets(
+            job, fetch_cfg, image_cfg, threads=args.threads, image_workers=args.image_workers, progress=progress
         )
-        rejected = (bad_rows, fetched[REJECTED]) | "AllRejected" >> beam.Flatten()
-        _ = {"samples": fetched.samples, "rejected": rejected} | "Write" >> WriteDataset(
-            args.out, config, buckets, done, carried
-        )
+        _ = written | "Finalize" >> FinalizeDataset(args.out, config, buckets, done, carried)
+    fsio.remove_tree(work)
     print(format_host_summary(host_summary(args.out)))

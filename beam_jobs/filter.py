@@ -12,7 +12,6 @@ evaluation images (with --model); the Beam pipeline does the rest, one embedding
 
 import argparse
 import hashlib
-import math
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,12 +22,14 @@ import apache_beam as beam
 from beam_jobs.build_config import given
 from beam_jobs.filter_config import FilterConfig, resolve
 from beam_jobs.options import split_args
+from pipeline import fsio
 from pipeline.filter.plan import FilterPlan, embeddings_info, make_plan
 from pipeline.filter.references import References, eval_image_files, eval_npy
 from pipeline.filter.stage import REJECTED, FilterSamples
-from pipeline.shard_reader import iter_shard, load_manifest
-from pipeline.write_dataset import WriteDataset, run_fingerprint
-from schemas import DatasetManifest, reasons
+from pipeline.reshard import Reshard
+from pipeline.shard_reader import load_manifest
+from pipeline.write_dataset import WORK_DIR, FinalizeDataset, WriteRejections, run_fingerprint
+from schemas import DatasetManifest, fields, reasons
 from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
 
 
@@ -93,26 +94,28 @@ def load_references(cfg: FilterConfig, info: dict) -> tuple[References, ...]:
     return tuple(refs)
 
 
-def _samples(shard: tuple[str, str]) -> Iterator[tuple[str, tuple[dict, bytes]]]:
-    for sample in iter_shard(*shard):
-        yield sample.key, (sample.row, sample.image)
+def _rows(source: tuple[int, str]) -> Iterator[tuple[str, tuple[int, dict]]]:
+    index, parquet = source
+    for row in fsio.read_parquet(parquet).to_pylist():
+        yield row[fields.KEY], (index, row)
 
 
 def filter_pipeline(dataset: Path, manifest: DatasetManifest, plan: FilterPlan, out: Path, config: dict, options):
-    """The Beam pipeline: samples of `dataset` through FilterSamples into a new dataset at `out`."""
-    shards = [(str(dataset / s.tar.path), str(dataset / s.parquet.path)) for s in manifest.shards]
+    """The Beam pipeline: rows of `dataset` through FilterSamples, the kept samples copied into a new dataset at `out`
+    (pipeline.reshard): only rows and embeddings are judged; images go from the old shards to the new ones."""
+    sources = {i: (str(dataset / s.tar.path), str(dataset / s.parquet.path)) for i, s in enumerate(manifest.shards)}
     per_shard = config["run"]["samples_per_shard"]
+    work = str(out / WORK_DIR)
+    shutil.rmtree(work, ignore_errors=True)
     with beam.Pipeline(options=options) as p:
-        samples = p | "Shards" >> beam.Create(shards) | "ReadSamples" >> beam.FlatMap(_samples)
-        judged = samples | "Filter" >> FilterSamples(plan)
-        buckets = (
-            judged.kept
-            | "CountKept" >> beam.combiners.Count.Globally()
-            | "Buckets" >> beam.Map(lambda k: max(1, math.ceil(k / per_shard)))
+        rows = (
+            p | "Shards" >> beam.Create([(i, pq) for i, (_, pq) in sources.items()]) | "ReadRows" >> beam.FlatMap(_rows)
         )
-        _ = {"samples": judged.kept, "rejected": judged[REJECTED]} | "Write" >> WriteDataset(
-            str(out), config, buckets, contiguous=True
-        )
+        judged = rows | "Filter" >> FilterSamples(plan)
+        shards = judged.kept | "Reshard" >> Reshard(str(out), sources, per_shard, work)
+        parts = judged[REJECTED] | "Rejections" >> WriteRejections(str(out), max(1, len(sources)), work)
+        _ = (shards, parts) | "Written" >> beam.Flatten() | "Finalize" >> FinalizeDataset(str(out), config, 0)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

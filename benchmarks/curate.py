@@ -136,16 +136,17 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
     from pipeline.batches import BATCH_ROWS
     from pipeline.curate.balance import WriteBalanceCounts
     from pipeline.rows_io import WriteRows
-    from pipeline.sources.url_lists import REJECTED, ReadUrlLists, UrlListConfig
+    from pipeline.sources.url_lists import REJECTED, ReadUrlLists, UrlListConfig, count_rows
 
     cfg = BuildConfig(sources=UrlListConfig(str(inputs / "*.parquet")))
     mode = "multi_processing" if workers > 1 else "in_memory"
     options = PipelineOptions(runner="FnApiRunner", direct_num_workers=workers, direct_running_mode=mode)
     with beam.Pipeline(options=options) as p:
         read = p | "Read" >> ReadUrlLists(cfg.sources, batch_rows=BATCH_ROWS)
-        kept, rejected, balanced = _curate(read.candidates, cfg)
+        kept, rejected, balanced = _curate(read.candidates, cfg, rows_hint=count_rows(cfg.sources))
         _ = kept | "WriteKept" >> WriteRows(str(out / "kept"), KEPT_SCHEMA, batched=True)
-        _ = rejected | "WriteRejected" >> WriteRows(str(out / "rejected"), REJECTION_SCHEMA, batched=True)
+        for i, stage in enumerate(rejected):  # one sink per stage, as the job writes them (no Flatten of rows)
+            _ = stage | f"WriteRejected{i}" >> WriteRows(str(out / f"rejected{i}"), REJECTION_SCHEMA, batched=True)
         # Not "rejected-unreadable": a sink deletes files matching its own prefix + "-*-of-*" when it finalizes, so
         # the "rejected" sink would delete these.
         _ = read[REJECTED] | "WriteUnreadable" >> WriteRows(str(out / "unreadable"), REJECTION_SCHEMA)

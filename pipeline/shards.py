@@ -7,7 +7,7 @@ import math
 import os
 import tarfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -131,21 +131,19 @@ def _fill(row: dict, name: str, value: object) -> None:
         raise ValueError(f"sample {row.get(fields.KEY)!r}: {name} is {row[name]!r}, but the shard stores {value!r}")
 
 
-def _prepare_samples(samples: Iterable[tuple[Mapping, bytes]]) -> list[tuple[dict, bytes, str]]:
-    """Validate keys and formats, fill status and bytes, and sort by key so arrival order never shows in a shard."""
+def _prepare_rows(rows: Iterable[Mapping]) -> list[dict]:
+    """Validate keys and formats, fill status, and sort by key so arrival order never shows in a shard."""
     prepared = []
-    for row, image in samples:
+    for row in rows:
         validate_key(row.get(fields.KEY))
-        if not isinstance(image, bytes | bytearray | memoryview):
-            raise TypeError(f"sample {row.get(fields.KEY)!r}: image must be bytes, got {type(image).__name__}")
-        image = bytes(image)
         row = dict(row)
-        ext = image_ext(row)
+        image_ext(row)
         _fill(row, fields.STATUS, fields.STATUS_SUCCESS)
-        _fill(row, fields.BYTES, len(image))
-        prepared.append((row, image, ext))
-    prepared.sort(key=lambda item: item[0][fields.KEY])
-    for (a, _, _), (b, _, _) in zip(prepared, prepared[1:], strict=False):
+        if not isinstance(row.get(fields.BYTES), int):
+            raise ValueError(f"sample {row.get(fields.KEY)!r}: {fields.BYTES} must be the image's size")
+        prepared.append(row)
+    prepared.sort(key=lambda row: row[fields.KEY])
+    for a, b in zip(prepared, prepared[1:], strict=False):
         if a[fields.KEY] == b[fields.KEY]:
             raise ValueError(f"duplicate sample key {a[fields.KEY]!r} in one shard")
     return prepared
@@ -167,10 +165,13 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _write_tar(out: _HashingFile, rows: list[dict], images: list[tuple[bytes, str]]) -> None:
+def _write_tar(out: _HashingFile, rows: list[dict], image_of: Callable[[str], bytes]) -> None:
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for row, (image, ext) in zip(rows, images, strict=True):
-            key = row[fields.KEY]
+        for row in rows:
+            key, ext = row[fields.KEY], row[fields.IMAGE_FORMAT]
+            image = image_of(key)
+            if len(image) != row[fields.BYTES]:
+                raise ValueError(f"sample {key!r}: {fields.BYTES} is {row[fields.BYTES]}, the image has {len(image)}")
             caption = (row.get(fields.CAPTION) or "").encode()
             meta = json.dumps(_json_safe(row), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
             for name, data in ((f"{key}.{ext}", image), (f"{key}.txt", caption), (f"{key}.json", meta)):
@@ -180,20 +181,37 @@ def _write_tar(out: _HashingFile, rows: list[dict], images: list[tuple[bytes, st
 def write_shard(dataset_dir: str | os.PathLike, index: int, samples: Iterable[tuple[Mapping, bytes]]) -> ShardEntry:
     """Write shard `index` (tar + Parquet, same rows in key order) atomically; rerunning it rewrites the same bytes.
 
-    `samples` are (sample row with SAMPLE_SCHEMA fields, image bytes). Independent of every other shard, so a Beam
-    DoFn can call it per shard; it removes the dataset's manifest first, since the dataset is changing.
+    `samples` are (sample row with SAMPLE_SCHEMA fields, image bytes), held in memory: for a shard that does not fit,
+    `write_shard_from` reads each image when the tar needs it.
+    """
+    rows, images = [], {}
+    for row, image in samples:
+        if not isinstance(image, bytes | bytearray | memoryview):
+            raise TypeError(f"sample {row.get(fields.KEY)!r}: image must be bytes, got {type(image).__name__}")
+        row = dict(row)
+        _fill(row, fields.BYTES, len(image))
+        rows.append(row)
+        images.setdefault(row.get(fields.KEY), bytes(image))
+    return write_shard_from(dataset_dir, index, rows, images.__getitem__)
+
+
+def write_shard_from(
+    dataset_dir: str | os.PathLike, index: int, rows: Iterable[Mapping], image_of: Callable[[str], bytes]
+) -> ShardEntry:
+    """Write shard `index` from sample rows (BYTES set) and `image_of(key)`, asked once per sample in key order.
+
+    Independent of every other shard, so a Beam DoFn can call it per shard; it removes the dataset's manifest first,
+    since the dataset is changing. Only the rows are held: the images stream from `image_of` into the tar.
     """
     root = os.fspath(dataset_dir)
     name = shard_name(index)
-    prepared = _prepare_samples(samples)
-    table = conform([row for row, _, _ in prepared], SAMPLE_SCHEMA)
+    table = conform(_prepare_rows(rows), SAMPLE_SCHEMA)
     # The .json members come from the Arrow rows, so they hold exactly what Parquet holds (float32 scores included).
     rows = table.to_pylist()
     fsio.mkdirs(fsio.join(root, SHARDS_DIR))
     _invalidate_manifest(root)
     tar_rel = f"{SHARDS_DIR}/{name}.tar"
-    images = [(image, ext) for _, image, ext in prepared]
-    tar_entry = _write_atomic(fsio.join(root, tar_rel), tar_rel, lambda out: _write_tar(out, rows, images))
+    tar_entry = _write_atomic(fsio.join(root, tar_rel), tar_rel, lambda out: _write_tar(out, rows, image_of))
     parquet_entry = write_file_atomic(root, f"{SHARDS_DIR}/{name}.parquet", _parquet_bytes(table))
     return ShardEntry(name=name, rows=len(rows), tar=tar_entry, parquet=parquet_entry)
 

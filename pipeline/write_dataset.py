@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -14,10 +15,12 @@ from apache_beam.metrics import Metrics
 
 from pipeline import fsio
 from pipeline.shards import finalize_dataset, renumber_shards, write_file_atomic, write_rejections, write_shard
+from pipeline.spill import Spill, read_spilled
 from schemas import FileEntry, ShardEntry, fields
 from schemas.manifest import SHARDS_DIR
 
 MARKER_PREFIX = ".bucket-"  # hidden: readers trust the manifest, these only serve a rerun
+WORK_DIR = ".work"  # a job's scratch files inside its output folder (spills): hidden, removed when it is done
 
 
 def bucket(key: str, buckets: int) -> int:
@@ -95,19 +98,37 @@ class BucketResult:
 def write_bucket(
     root: str, index: int, buckets: int, fingerprint: str, samples, rejections, first: int = 0
 ) -> BucketResult:
-    """Write one bucket's shard and rejection part, then its marker last: a marker means the bucket is whole.
+    """Write one bucket's shard (from (row, image) pairs in memory) and rejection part, then its marker last."""
+    samples = list(samples)
+    write = lambda shard: write_shard(root, shard, samples) if samples else None  # noqa: E731
+    return write_bucket_files(root, index, buckets, fingerprint, write, rejections, first)
+
+
+def write_bucket_files(
+    root: str,
+    index: int,
+    buckets: int,
+    fingerprint: str,
+    write_samples: Callable[[int], ShardEntry | None],
+    rejections: Iterable[dict],
+    first: int = 0,
+    marker: bool = True,
+) -> BucketResult:
+    """Write one bucket: `write_samples(shard number)` writes its shard (None if nothing was kept), then its rejection
+    part, then its marker last: a marker means the bucket is whole (a job that is not resumable writes none).
 
     The shard and part are numbered `first + index`: a new version of a dataset numbers after the shards it carries.
     """
-    samples, rejections = list(samples), list(rejections)
-    shard = write_shard(root, first + index, samples) if samples else None
+    rejections = list(rejections)
+    shard = write_samples(first + index)
     part = write_rejections(root, f"part-{first + index:05d}", rejections) if rejections else None
     counts: dict = {}
     for (stage, reason), n in sorted(Counter((r[fields.STAGE], r[fields.REASON]) for r in rejections).items()):
         counts.setdefault(stage, {})[reason] = n
     result = BucketResult(index, buckets, fingerprint, shard, part, counts)
-    fsio.mkdirs(fsio.join(root, SHARDS_DIR))  # a bucket that kept nothing wrote no shard, so made no folder
-    write_file_atomic(root, f"{SHARDS_DIR}/{MARKER_PREFIX}{index:05d}.json", result.to_json().encode())
+    if marker:
+        fsio.mkdirs(fsio.join(root, SHARDS_DIR))  # a bucket that kept nothing wrote no shard, so made no folder
+        write_file_atomic(root, f"{SHARDS_DIR}/{MARKER_PREFIX}{index:05d}.json", result.to_json().encode())
     return result
 
 
@@ -128,12 +149,6 @@ def completed_buckets(root: str, fingerprint: str) -> dict[int, BucketResult]:
     return done
 
 
-def is_pending(key: str, buckets: int, done: dict[int, BucketResult]) -> bool:
-    """Whether a candidate still has to be processed: its bucket is not among those done for this bucket count."""
-    index = bucket(key, buckets)
-    return index not in done or done[index].buckets != buckets
-
-
 def _finalize(root: str, results: list[BucketResult], config: dict, carried: Carried, contiguous: bool):
     counts: dict = {}
     for by_stage in [carried.counts] + [r.counts for r in results]:
@@ -149,59 +164,66 @@ def _finalize(root: str, results: list[BucketResult], config: dict, carried: Car
     return finalize_dataset(root, shards, parts, counts, config)
 
 
-class WriteDataset(beam.PTransform):
-    """{"samples": (row, image), "rejected": REJECTION_SCHEMA rows} -> a dataset at `dataset_dir`.
-
-    Every outcome goes to the bucket of its key (`buckets`, a singleton PCollection, usually from the candidate
-    count); a bucket writes its shard (samples in key order) and rejection part, then a marker. Buckets in
-    `done` (from an earlier, interrupted run of the same job) are reused as they are, so a rerun fetches only
-    what is missing and ends with the same bytes. The manifest is written once, after every bucket.
-    """
+class FinalizeDataset(beam.PTransform):
+    """BucketResults -> the one DatasetManifest, written once every bucket is done, with the reused `done` buckets
+    of an earlier run (those of the same bucket count that this run did not redo) and what is carried."""
 
     def __init__(
         self,
-        dataset_dir: str,
+        root: str,
         config: dict,
-        buckets: beam.PCollection,
+        buckets: Any,
         done: dict | None = None,
         carried: Carried | None = None,
         contiguous: bool = False,
     ):
         super().__init__()
-        self.dataset_dir = dataset_dir
+        self.root = root
         self.config = config
-        self.buckets = buckets
+        self.buckets = buckets  # an int, or a singleton side input of one
         self.done = done or {}
         self.carried = carried or Carried()
-        self.first = self.carried.first_index()
-        # Renumber the new shards 0, 1, ... at the end (buckets that kept nothing leave gaps); only for a dataset
-        # written in one go: bucket markers name shards by bucket, so a resumable write keeps bucket numbers.
         self.contiguous = contiguous
 
-    # inputs: {"samples": PCollection, "rejected": PCollection}; returns a PCollection of the one DatasetManifest.
-    def expand(self, inputs: Any) -> Any:
-        root, config, done, first, carried = self.dataset_dir, self.config, self.done, self.first, self.carried
-        contiguous = self.contiguous
-        fingerprint = run_fingerprint(config)
-        n = beam.pvalue.AsSingleton(self.buckets)
-        samples = inputs["samples"] | "SampleBucket" >> beam.Map(lambda s, n: (bucket(s[0][fields.KEY], n), s), n=n)
-        rejected = inputs["rejected"] | "RejectBucket" >> beam.Map(lambda r, n: (bucket(r[fields.KEY], n), r), n=n)
-        written = (
-            {"samples": samples, "rejected": rejected}
-            | "GroupBuckets" >> beam.CoGroupByKey()
-            | "WriteBucket"
-            >> beam.Map(
-                lambda kv, n: write_bucket(root, kv[0], n, fingerprint, kv[1]["samples"], kv[1]["rejected"], first),
-                n=n,
-            )
-        )
+    def expand(self, written: beam.PCollection) -> beam.PCollection:
+        root, config, done, carried, contiguous = self.root, self.config, self.done, self.carried, self.contiguous
 
         def finalize(_, new: list[BucketResult], buckets: int):
             reused = [r for r in done.values() if r.buckets == buckets and r.index not in {x.index for x in new}]
             return _finalize(root, sorted(new + reused, key=lambda r: r.index), config, carried, contiguous)
 
         return (
-            inputs["samples"].pipeline
+            written.pipeline
             | "Once" >> beam.Create([None])
-            | "Finalize" >> beam.Map(finalize, beam.pvalue.AsList(written), n)
+            | "Write" >> beam.Map(finalize, beam.pvalue.AsList(written), self.buckets)
+        )
+
+
+class WriteRejections(beam.PTransform):
+    """REJECTION_SCHEMA rows (one PCollection or a tuple of them) -> rejection parts `part-<first + i>` (i < `parts`,
+    by a hash of the key), one BucketResult each (its file and reason counts). Rows reach their part through spill
+    files, not a shuffle."""
+
+    def __init__(self, root: str, parts: int, work: str, first: int = 0):
+        super().__init__()
+        self.root = root
+        self.parts = parts
+        self.work = work
+        self.first = first
+
+    def expand(self, rows: beam.PCollection | tuple) -> beam.PCollection:
+        root, parts, first = self.root, self.parts, self.first
+        inputs = rows if isinstance(rows, tuple | list) else (rows,)
+        keyed = tuple(
+            pc | f"ToPart{i}" >> beam.Map(lambda r: (bucket(r[fields.KEY], parts), r)) for i, pc in enumerate(inputs)
+        )
+        return (
+            keyed
+            | "Spill" >> Spill(fsio.join(self.work, "rejected"))
+            | "Write"
+            >> beam.MapTuple(
+                lambda i, paths: write_bucket_files(
+                    root, i, parts, "", lambda _: None, read_spilled(paths), first, marker=False
+                )
+            )
         )

@@ -6,9 +6,7 @@ These are the per-request rules; the Beam stage that runs many of them in flight
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -420,22 +418,3 @@ def fetch_or_reject(
     except Rejected as e:
         e.candidate = candidate
         return e
-
-
-def fetch_candidates(
-    candidates: Iterable[dict], fetch_cfg: FetchConfig, image_cfg: ImageConfig, threads: int = 32
-) -> Iterator[tuple[dict, bytes] | Rejected]:
-    """Fetch many candidates on a thread pool of one process; yields, in input order, one answer per candidate."""
-    fetcher = Fetcher(fetch_cfg, pool_size=threads)
-    # A bounded window of futures: Executor.map would submit (and hold) every candidate at once.
-    window: deque = deque()
-    try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for candidate in candidates:
-                window.append(pool.submit(fetch_or_reject, fetcher, candidate, image_cfg))
-                if len(window) >= 4 * threads:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-    finally:
-        fetcher.close()

@@ -5,9 +5,9 @@
    cluster of every row. Rows a reference set rejects leave the dedup here.
 2. Threshold: every score into one CLIP-score threshold (a quantile needs them all), a singleton side input.
 3. Dedup (per cluster, GroupByKey): the rows that pass the threshold, deduplicated (semdedup.dedup_rows).
-4. Decide (per key, CoGroupByKey with the samples): the first filter that rejects a sample names it, in the order
+4. Decide (per key, CoGroupByKey with the sample rows): the first filter that rejects a sample names it, in the order
    decontamination, concepts, CLIP score, semantic dedup; a sample with no embedding is NO_EMBEDDING.
-Only embeddings travel until the last step, where each sample's row and image meet its verdict.
+Only embeddings and rows travel; the images of the kept samples are copied afterwards (pipeline.reshard).
 """
 
 from collections import defaultdict
@@ -142,15 +142,16 @@ class _Decide(beam.DoFn):
         outcome = g["outcome"][0] if g.get("outcome") else None  # none at all when dedup is off
         if not g["sample"]:  # an embedding whose sample is gone: nothing to write, but worth knowing
             self.counters.inc("embedding_without_sample")
-        for row, image in g["sample"]:
+        for source, row in g["sample"]:
             tag, out = decide(row, judged, outcome, threshold)
             self.counters.inc("kept" if tag == "kept" else out[fields.REASON])
-            yield (out, image) if tag == "kept" else beam.pvalue.TaggedOutput(REJECTED, out)
+            yield (source, out) if tag == "kept" else beam.pvalue.TaggedOutput(REJECTED, out)
 
 
 class FilterSamples(beam.PTransform):
-    """(key, (sample row, image bytes)) -> `kept` (row, image) with the filter's fields set, and `rejected`
-    (REJECTION_SCHEMA rows); the embeddings are read from `plan.embeddings`, shard by shard."""
+    """(key, (source shard index, sample row)) -> `kept` (source shard index, row with the filter's fields set) and
+    `rejected` (REJECTION_SCHEMA rows); the embeddings are read from `plan.embeddings`, shard by shard. Images never
+    come here: the caller copies the kept samples' images from their source shards (pipeline.reshard)."""
 
     def __init__(self, plan: FilterPlan):
         super().__init__()

@@ -215,6 +215,20 @@ def counted_rows(cfg: UrlListConfig) -> int | None:
     return total
 
 
+def count_rows(cfg: UrlListConfig) -> int:
+    """The rows the lists hold, each of which becomes one candidate or one rejection: from Parquet footers where
+    they say, else by streaming through the file (no row is kept). Jobs size their buckets by it at launch, so the
+    bucket count is known before anything runs and is the same on a rerun."""
+    footers = counted_rows(cfg)
+    if footers is not None:
+        return footers
+    total = 0
+    for path in match_paths(cfg.pattern):
+        fmt = detect_format(path) if cfg.format == "auto" else cfg.format
+        total += sum(1 for _ in iter_rows(path, fmt, cfg.header))
+    return total
+
+
 class ReadUrlLists(beam.PTransform):
     """Candidates from URL lists; outputs `candidates` (main) and `rejected` (REJECTION_SCHEMA rows).
 

@@ -50,7 +50,7 @@ def test_every_candidate_is_kept_or_rejected_once(built, candidates):
     manifest = load_manifest(built)
     assert sum(n for by in manifest.counts.values() for n in by.values()) == len(cand)
     assert [s.name for s in manifest.shards] == [f"{i:05d}" for i in range(len(manifest.shards))]  # contiguous
-    assert not (built / build.WORK_DIR).exists()
+    assert not (built / build.STAGE_DIR).exists()
     assert (built / BALANCE_COUNTS_NAME).is_file()
     assert manifest.config["job"] == "build" and manifest.config["run"]["samples_per_shard"] == 16
 
@@ -144,7 +144,7 @@ def test_a_killed_build_rerun_gives_the_same_dataset(built, candidates, web_dir,
     code = "import sys; from beam_jobs import build; build.run(sys.argv[1:])"
     args = _build_args(candidates, out, web_dir)
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL)
-    markers = out / build.WORK_DIR / "fetched" / "shards"
+    markers = out / build.STAGE_DIR / "fetched" / "shards"
     deadline = time.monotonic() + 120
     while not list(markers.glob(".bucket-*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)

@@ -8,10 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from pipeline.fetch.http import FetchConfig, Fetcher, fetch_candidates, fetch_image, retry_after_seconds
+from pipeline.fetch.http import FetchConfig, Fetcher, fetch_image, retry_after_seconds
 from pipeline.fetch.image import ImageConfig
 from pipeline.rejection import Rejected
 from schemas import fields, reasons
+from tests.fetching import fetch_all, reason
 
 
 def _jpeg(w: int = 120, h: int = 90) -> bytes:
@@ -210,53 +211,60 @@ def test_retry_after_parsing():
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 30) == 30.0
 
 
-def test_fetch_candidates_accounts_for_every_candidate(base_url):
+def test_fetching_accounts_for_every_candidate(base_url):
     paths = ["/ok.jpg", "/missing.jpg", "/corrupt.jpg", "/noai.jpg", "/redirect.jpg"] * 6
     cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p, fields.CAPTION: f"c{i}"} for i, p in enumerate(paths)]
-    out = list(fetch_candidates(cands, FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=4))
-    assert len(out) == len(cands)
-    kinds = [o.reason if isinstance(o, Rejected) else "kept" for o in out]
+    out = fetch_all(cands, FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=4)
+    kinds = [reason(out[c[fields.KEY]]) for c in cands]
     assert kinds == ["kept", reasons.HTTP_4XX, reasons.DECODE_ERROR, reasons.OPTOUT_HEADER, "kept"] * 6
-    row, image = out[0]
+    row, image = out["k0"]
     assert row[fields.KEY] == "k0" and row[fields.WIDTH] == 120 and row[fields.STATUS] == fields.STATUS_SUCCESS
     assert Image.open(io.BytesIO(image)).size == (120, 90)
-    assert out[1].candidate[fields.KEY] == "k1"
+    assert out["k1"][fields.URL] == base_url + "/missing.jpg" and out["k1"][fields.CAPTION] == "c1"
 
 
 def test_per_host_concurrency_cap_and_delay(base_url):
     cands = [{fields.KEY: f"s{i}", fields.URL: f"{base_url}/slow.jpg"} for i in range(9)]
     _Handler.max_in_flight = 0
     cfg = FetchConfig(allow_private=True, max_per_host=3)
-    out = list(fetch_candidates(cands, cfg, ImageConfig(min_side=16), threads=9))
-    assert all(not isinstance(o, Rejected) for o in out)
+    out = fetch_all(cands, cfg, ImageConfig(min_side=16), threads=9)
+    assert all(reason(o) == "kept" for o in out.values())
     assert _Handler.max_in_flight == 3
 
     _Handler.starts.clear()
     cfg = FetchConfig(allow_private=True, min_host_delay=0.1)
-    list(fetch_candidates(cands[:4], cfg, ImageConfig(min_side=16), threads=4))
+    fetch_all(cands[:4], cfg, ImageConfig(min_side=16), threads=4)
     gaps = [b - a for a, b in zip(_Handler.starts, _Handler.starts[1:], strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.09
 
 
-def test_fetch_images_beam_stage(base_url):
+def _fetch_stage(tmp_path, cands: list[dict], buckets: int, **kwargs) -> tuple[dict, dict]:
+    """FetchBuckets + FinalizeDataset on FnApiRunner: the samples {key: width} and rejections {key: reason}."""
     import apache_beam as beam
+    import pyarrow.parquet as pq
     from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline.fetch.stage import REJECTED, FetchImages
+    from pipeline.fetch.stage import BucketJob, FetchBuckets
+    from pipeline.shard_reader import read_dataset
+    from pipeline.write_dataset import FinalizeDataset
 
+    root = str(tmp_path / "ds")
+    job = BucketJob(root, buckets, "fp", str(tmp_path / "work"))
+    with TestPipeline(runner="FnApiRunner") as p:
+        inputs = {"candidates": p | "C" >> beam.Create(cands), "rejected": p | "R" >> beam.Create([])}
+        written = inputs | FetchBuckets(job, FetchConfig(allow_private=True), ImageConfig(min_side=16), **kwargs)
+        _ = written | FinalizeDataset(root, {"job": "test"}, buckets)
+    samples = {s.key: s.row[fields.WIDTH] for s in read_dataset(root)}
+    rejected = {r[fields.KEY]: r[fields.REASON] for r in pq.read_table(tmp_path / "ds" / "rejected").to_pylist()}
+    return samples, rejected
+
+
+def test_fetch_buckets_beam_stage(base_url, tmp_path):
     paths = ["/ok.jpg", "/missing.jpg", "/private/a.jpg", "/redirect.jpg", "/corrupt.jpg"]
     cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p, fields.CAPTION: p} for i, p in enumerate(paths)]
-    with TestPipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create(cands) | FetchImages(FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=4)
-        kept = out.samples | beam.Map(lambda s: (s[0][fields.KEY], s[0][fields.WIDTH], len(s[1]) > 0))
-        bad = out[REJECTED] | beam.Map(lambda r: (r[fields.KEY], r[fields.REASON]))
-        assert_that(kept, equal_to([("k0", 120, True), ("k3", 120, True)]), label="kept")
-        assert_that(
-            bad,
-            equal_to([("k1", reasons.HTTP_4XX), ("k2", reasons.ROBOTS_DISALLOWED), ("k4", reasons.DECODE_ERROR)]),
-            label="rejected",
-        )
+    samples, rejected = _fetch_stage(tmp_path, cands, buckets=3, threads=4)
+    assert samples == {"k0": 120, "k3": 120}
+    assert rejected == {"k1": reasons.HTTP_4XX, "k2": reasons.ROBOTS_DISALLOWED, "k4": reasons.DECODE_ERROR}
 
 
 def test_deadline_cuts_off_a_dripping_server(base_url):
@@ -310,8 +318,8 @@ def test_server_errors_and_odd_ip_spellings(base_url):
 def test_per_host_cap_covers_the_body_download(base_url):
     cands = [{fields.KEY: f"b{i}", fields.URL: f"{base_url}/slow-body.jpg?{i}"} for i in range(8)]
     _Handler.max_in_flight = 0
-    out = list(fetch_candidates(cands, FetchConfig(allow_private=True, max_per_host=2), ImageConfig(min_side=16), 8))
-    assert not [o for o in out if isinstance(o, Rejected)]
+    out = fetch_all(cands, FetchConfig(allow_private=True, max_per_host=2), ImageConfig(min_side=16), 8)
+    assert all(reason(o) == "kept" for o in out.values())
     assert _Handler.max_in_flight == 2
 
 
@@ -323,22 +331,10 @@ def test_connects_to_the_address_that_was_checked(base_url):
     assert fetch_image(f, f"http://pinned.invalid:{port}/ok.jpg").data == JPEG  # .invalid never resolves in DNS
 
 
-def test_fetch_stage_with_image_worker_processes(base_url):
-    import apache_beam as beam
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to
-
-    from pipeline.fetch.stage import REJECTED, FetchImages
-
+def test_fetch_stage_with_image_worker_processes(base_url, tmp_path):
     paths = ["/ok.jpg", "/corrupt.jpg", "/ok.jpg?2"]
     cands = [{fields.KEY: f"k{i}", fields.URL: base_url + p} for i, p in enumerate(paths)]
-    with TestPipeline(runner="FnApiRunner") as p:
-        out = (
-            p
-            | beam.Create(cands)
-            | FetchImages(FetchConfig(allow_private=True), ImageConfig(min_side=16), threads=2, image_workers=1)
-        )
-        assert_that(out.samples | beam.Map(lambda s: s[0][fields.KEY]), equal_to(["k0", "k2"]), label="kept")
-        # A Rejected raised in a worker process comes back with its code intact.
-        bad = out[REJECTED] | beam.Map(lambda r: (r[fields.KEY], r[fields.REASON]))
-        assert_that(bad, equal_to([("k1", reasons.DECODE_ERROR)]), label="rejected")
+    samples, rejected = _fetch_stage(tmp_path, cands, buckets=1, threads=2, image_workers=1)
+    assert samples == {"k0": 120, "k2": 120}
+    # A Rejected raised in a worker process comes back with its code intact.
+    assert rejected == {"k1": reasons.DECODE_ERROR}

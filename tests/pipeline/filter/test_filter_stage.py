@@ -118,12 +118,13 @@ def test_decide_in_filter_order() -> None:
 
 def test_filter_samples_in_beam(planted: dict) -> None:
     plan = _plan(planted)
-    samples = [(f"k{i:02d}", ({fields.KEY: f"k{i:02d}", fields.CAPTION: f"c{i}"}, b"img")) for i in range(13)]
+    samples = [(f"k{i:02d}", (i % 3, {fields.KEY: f"k{i:02d}", fields.CAPTION: f"c{i}"})) for i in range(13)]
     kept_keys = sorted({f"k{i:02d}" for i in range(13)} - {k for k, _ in EXPECTED_REJECTED})
     with TestPipeline(runner="FnApiRunner") as p:
         out = p | beam.Create(samples) | FilterSamples(plan)
-        kept = out.kept | "KeptKeys" >> beam.Map(lambda s: (s[0][fields.KEY], s[0][fields.SEM_GROUP], s[1]))
-        assert_that(kept, equal_to([(k, "k04" if k == "k04" else None, b"img") for k in kept_keys]), label="Kept")
+        kept = out.kept | "KeptKeys" >> beam.Map(lambda s: (s[1][fields.KEY], s[1][fields.SEM_GROUP], s[0]))
+        want = [(k, "k04" if k == "k04" else None, int(k[1:]) % 3) for k in kept_keys]  # the source shard travels
+        assert_that(kept, equal_to(want), label="Kept")
         rejected = out[REJECTED] | "Reasons" >> beam.Map(lambda r: (r[fields.KEY], r[fields.REASON]))
         assert_that(rejected, equal_to(sorted(EXPECTED_REJECTED)), label="Rejected")
         dups = out[REJECTED] | "Dups" >> beam.Filter(lambda r: r[fields.REASON] == reasons.SEMANTIC_DUPLICATE)

@@ -2,9 +2,10 @@
 
 import pyarrow.parquet as pq
 
-from pipeline.fetch.http import FetchConfig, fetch_candidates
+from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.image import ImageConfig
 from pipeline.synthweb.faults import OK
+from tests.fetching import fetch_all, reason
 
 
 def test_fetching_every_referenced_url_gives_the_expected_outcome(served_web):
@@ -14,8 +15,8 @@ def test_fetching_every_referenced_url_gives_the_expected_outcome(served_web):
     candidates = [{"key": u["truth_id"], "url": u["url"], "caption": u["caption"]} for u in urls]
     # Loopback needs allow_private; Retry-After of the synthetic web (1 s) is within max_retry_after.
     cfg = FetchConfig(allow_private=True, max_retry_after=3.0)
-    results = list(fetch_candidates(candidates, cfg, ImageConfig(), threads=32))
-    got = {c["key"]: OK if not isinstance(r, Exception) else r.reason for c, r in zip(candidates, results, strict=True)}
+    results = fetch_all(candidates, cfg, ImageConfig(), threads=32)
+    got = {key: OK if reason(r) == "kept" else reason(r) for key, r in results.items()}
     wrong = {k: (truth[k]["fault"], truth[k]["expected"], v) for k, v in got.items() if v != truth[k]["expected"]}
     assert not wrong
     assert sum(v == OK for v in got.values()) > 100 and len(set(got.values())) >= 9
