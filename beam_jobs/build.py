@@ -77,26 +77,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--min-clip-score", type=float, metavar="X", help="reject image-caption cosine under X")
 
 
-def _curate(batches: beam.PCollection, cfg: BuildConfig, rows_hint: int | None = None) -> tuple:
+def _curate(batches: beam.PCollection, cfg: BuildConfig, work: str, rows_hint: int | None = None) -> tuple:
     """Text rules and language, earlier datasets, candidate dedup, query balancing over Rows batches: what is left
     (batches), the rejections (a tuple of PCollections of batches, one a stage: a Flatten would make the in-process
-    runner buffer them), and the balancing outputs (None when balancing is off)."""
+    runner buffer them), and the balancing outputs (None when balancing is off).
+
+    Each stage that must see rows together (a URL's spellings, a dataset's earlier URLs, the entry counts before
+    sampling) brings them together through spill files under `work`, never a shuffle of the rows: memory is one
+    partition's rows, whatever the input's size. `rows_hint`, the candidates counted at launch, sizes the
+    partitions (without it each stage counts its input first, which holds it in memory)."""
     rejected = []
     text = batches | "Text" >> CurateText(cfg.text)
     kept = text.kept
     rejected.append(text[REJECTED])
     if cfg.run.exclude_from:
-        seen = kept | "ExcludeSeen" >> ExcludeSeen(cfg.run.exclude_from)
+        seen = kept | "ExcludeSeen" >> ExcludeSeen(cfg.run.exclude_from, work, rows_hint=rows_hint)
         kept = seen.kept
         rejected.append(seen[REJECTED])
-    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup, rows_hint=rows_hint)
+    dedup = kept | "Dedup" >> DedupCandidates(cfg.dedup, work, rows_hint=rows_hint)
     kept = dedup.kept
     rejected.append(dedup[REJECTED])
     balanced = None
     if cfg.run.balance:
-        balanced = kept | "Balance" >> BalanceQueries(cfg.balance)
+        balanced = kept | "Balance" >> BalanceQueries(cfg.balance, work, rows_hint=rows_hint)
         kept = balanced.kept
-        rejected.append(balanced[REJECTED])
+        rejected.extend(balanced.rejected)
     return kept, tuple(rejected), balanced
 
 
@@ -116,7 +121,7 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: str, stage: str, options, p
     with beam.Pipeline(options=options) as p:
         read = p | "Read" >> ReadUrlLists(cfg.sources, batch_rows=BATCH_ROWS)
         # Curation reruns whole (it is cheap and its counts are global); only the fetch skips finished buckets.
-        kept, rejected, balanced = _curate(read.candidates, cfg, rows_hint=candidates)
+        kept, rejected, balanced = _curate(read.candidates, cfg, work, rows_hint=candidates)
         if balanced is not None:
             _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
         rejected = (read[SOURCE_REJECTED], *(r | f"UnbatchRejected{i}" >> Unbatch() for i, r in enumerate(rejected)))

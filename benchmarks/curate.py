@@ -141,9 +141,10 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
     cfg = BuildConfig(sources=UrlListConfig(str(inputs / "*.parquet")))
     mode = "multi_processing" if workers > 1 else "in_memory"
     options = PipelineOptions(runner="FnApiRunner", direct_num_workers=workers, direct_running_mode=mode)
+    work = out / ".work"  # the stages' spill files, removed when the run is done (as `wit build` does)
     with beam.Pipeline(options=options) as p:
         read = p | "Read" >> ReadUrlLists(cfg.sources, batch_rows=BATCH_ROWS)
-        kept, rejected, balanced = _curate(read.candidates, cfg, rows_hint=count_rows(cfg.sources))
+        kept, rejected, balanced = _curate(read.candidates, cfg, str(work), rows_hint=count_rows(cfg.sources))
         _ = kept | "WriteKept" >> WriteRows(str(out / "kept"), KEPT_SCHEMA, batched=True)
         for i, stage in enumerate(rejected):  # one sink per stage, as the job writes them (no Flatten of rows)
             _ = stage | f"WriteRejected{i}" >> WriteRows(str(out / f"rejected{i}"), REJECTION_SCHEMA, batched=True)
@@ -151,6 +152,7 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
         # the "rejected" sink would delete these.
         _ = read[REJECTED] | "WriteUnreadable" >> WriteRows(str(out / "unreadable"), REJECTION_SCHEMA)
         _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def run_loop(inputs: Path, out: Path) -> None:

@@ -16,10 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.batches import Rows, SumCounts, emit
+from pipeline import fsio
+from pipeline.batches import Rows, SumCounts, emit, partition_of, partitions_for
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from pipeline.shards import PARQUET_OPTIONS, write_file_atomic
+from pipeline.spill import Spill, read_spilled
 from schemas import FileEntry, fields, reasons
 from schemas.manifest import BALANCE_COUNTS_NAME
 from schemas.records import BALANCE_COUNTS_SCHEMA
@@ -254,24 +256,26 @@ class _Sample(beam.DoFn):
     def setup(self) -> None:
         self.counters = Counters(reasons.BALANCE)
 
-    def process(self, rows: Rows, counts: Mapping[str, int]) -> Iterator[Any]:
-        kept, rejected = [], []
-        for candidate in rows:
-            reason, detail = sample_verdict(candidate, counts, self.cfg)
-            if reason is None:
-                kept.append(candidate)
-            else:
-                rejected.append(rejection_row(candidate, reason, detail))
-        self.counters.inc("kept", len(kept))
-        self.counters.inc(reasons.OVER_QUERY_CAP, len(rejected))
-        yield from emit(kept, rejected, REJECTED)
+    def process(self, element: tuple[int, list[str]], counts: Mapping[str, int]) -> Iterator[Any]:
+        _, paths = element
+        for rows in read_spilled(paths):  # a spill file at a time: the verdict is the row's alone
+            kept, rejected = [], []
+            for candidate in rows:
+                reason, detail = sample_verdict(candidate, counts, self.cfg)
+                if reason is None:
+                    kept.append(candidate)
+                else:
+                    rejected.append(rejection_row(candidate, reason, detail))
+            self.counters.inc("kept", len(kept))
+            self.counters.inc(reasons.OVER_QUERY_CAP, len(rejected))
+            yield from emit(kept, rejected, REJECTED)
 
 
 class BalanceOutputs(NamedTuple):
     """The stage's PCollections; `out.kept` and `out[REJECTED]` both work, as on a ParDo's outputs."""
 
     kept: Any  # Rows batches
-    rejected: Any  # Rows batches
+    rejected: Any  # a tuple of PCollections of Rows batches (no matches, over the cap): flatten them to read them
     counts_before: Any  # one dict: entry -> matched candidates
     counts_after: Any  # one dict: entry -> kept candidates
 
@@ -279,14 +283,27 @@ class BalanceOutputs(NamedTuple):
         return getattr(self, item) if isinstance(item, str) else tuple.__getitem__(self, item)
 
 
-class BalanceQueries(beam.PTransform):
-    """Rows batches -> `kept` (MATCHED_ENTRIES set) and `rejected` batches, and entry counts before and after."""
+def _spill_partition(rows: Rows, partitions: int) -> tuple[int, Rows]:
+    # A whole batch to one partition, by its first key: the verdicts do not depend on where a row is sampled.
+    return partition_of(str(rows[0][fields.KEY]), partitions), rows
 
-    def __init__(self, cfg: BalanceConfig, entries: Iterable[str] | None = None):
+
+class BalanceQueries(beam.PTransform):
+    """Rows batches -> `kept` (MATCHED_ENTRIES set) and `rejected` batches, and entry counts before and after.
+
+    Sampling needs every match counted first, so the matched rows wait somewhere meanwhile: in spill files under
+    `work` (pipeline.spill), not in the in-process runner's memory, which is where a PCollection read after a side
+    input is computed would wait. `rows_hint` (the candidates expected) sets how many partitions sample in parallel.
+    """
+
+    def __init__(self, cfg: BalanceConfig, work: str, entries: Iterable[str] | None = None,
+                 rows_hint: int | None = None):  # fmt: skip
         super().__init__()
         self.cfg = cfg
+        self.work = work
         # Loaded here, at construction on the launcher, so a bad metadata file fails before any work starts.
         self.entries = tuple(_entry_list(cfg, entries))
+        self.partitions = partitions_for(rows_hint or 0)
 
     # Any, not a tuple of PCollections: Beam warns about output hints that are not PCollections.
     def expand(self, batches: beam.PCollection) -> Any:
@@ -301,14 +318,18 @@ class BalanceQueries(beam.PTransform):
             | "EntriesBefore" >> beam.Map(entry_counts)
             | "CountBefore" >> beam.CombineGlobally(SumCounts())
         )
-        sampled = matched.matched | "Sample" >> beam.ParDo(
-            _Sample(self.cfg), beam.pvalue.AsSingleton(before)
-        ).with_outputs(REJECTED, main="kept")
+        spilled = (
+            matched.matched
+            | "ToPartition" >> beam.Map(_spill_partition, self.partitions)
+            | "Spill" >> Spill(fsio.join(self.work, "balance"))
+        )
+        sampled = spilled | "Sample" >> beam.ParDo(_Sample(self.cfg), beam.pvalue.AsSingleton(before)).with_outputs(
+            REJECTED, main="kept"
+        )
         after = (
             sampled.kept | "EntriesAfter" >> beam.Map(entry_counts) | "CountAfter" >> beam.CombineGlobally(SumCounts())
         )
-        rejected = (matched[REJECTED], sampled[REJECTED]) | "Rejected" >> beam.Flatten()
-        return BalanceOutputs(sampled.kept, rejected, before, after)
+        return BalanceOutputs(sampled.kept, (matched[REJECTED], sampled[REJECTED]), before, after)
 
 
 class WriteBalanceCounts(beam.PTransform):

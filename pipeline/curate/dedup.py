@@ -13,10 +13,11 @@ import apache_beam as beam
 import idna
 
 from pipeline import fsio
-from pipeline.batches import PARTITION_ROWS, CountRows, PartitionRows, Rows, batched, partition_of, partitions_for
+from pipeline.batches import PARTITION_ROWS, CountRows, PartitionRows, Rows, batched, partitions_for, split_by_partition
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from pipeline.shard_reader import iter_shard, list_shards
+from pipeline.spill import Spill, read_spilled
 from schemas import ShardEntry, fields, reasons
 
 REJECTED = "rejected"
@@ -218,9 +219,9 @@ class _PickSurvivors(beam.DoFn):
     def setup(self) -> None:
         self.counters = Counters(reasons.DEDUP)
 
-    def process(self, element: tuple[int, Iterable[Rows]]) -> Iterator:
-        _, batches = element
-        kept, rejected = dedup_keyed((pair for batch in batches for pair in batch), self.by)
+    def process(self, element: tuple[int, list[str]]) -> Iterator:
+        _, paths = element
+        kept, rejected = dedup_keyed((pair for batch in read_spilled(paths) for pair in batch), self.by)
         _count(kept, rejected, "kept", self.counters)
         for part in batched(kept):
             yield part
@@ -231,30 +232,46 @@ class _PickSurvivors(beam.DoFn):
 class DedupCandidates(beam.PTransform):
     """Rows batches of candidates -> `kept` (one per normalized URL or pair, the smallest key) and `rejected` batches.
 
-    Candidates travel in sub-batches to partitions by a hash of their URL: each partition, a few hundred
-    thousand rows (pipeline.batches.PARTITION_ROWS), holds every spelling of its URLs and is judged in memory.
+    Candidates go in sub-batches to partitions by a hash of their URL, through spill files under `work`
+    (pipeline.spill: a shuffle of the rows would sit in the in-process runner's memory): each partition, a few
+    hundred thousand rows (pipeline.batches.PARTITION_ROWS), holds every spelling of its URLs and is judged in memory.
     """
 
-    def __init__(self, cfg: DedupConfig, rows_per_partition: int = PARTITION_ROWS, rows_hint: int | None = None):
+    def __init__(self, cfg: DedupConfig, work: str, rows_per_partition: int = PARTITION_ROWS,
+                 rows_hint: int | None = None):  # fmt: skip
         super().__init__()
         self.cfg = cfg
+        self.work = work
         self.rows_per_partition = rows_per_partition
-        # Rows known before the run (e.g. from Parquet footers) size the shuffle at construction; without them the
-        # stage counts its input first, which makes the runner hold every row once more before the shuffle.
+        # Rows known before the run (e.g. from Parquet footers) size the partitions at construction; without them the
+        # stage counts its input first, which makes the in-process runner hold every row until the count is done.
         self.partitions = None if rows_hint is None else partitions_for(rows_hint, rows_per_partition)
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
     def expand(self, batches: beam.PCollection) -> Any:
         keyed = batches | "Key" >> beam.Map(_with_keys, self.cfg.by)
         pick = beam.ParDo(_PickSurvivors(self.cfg.by)).with_outputs(REJECTED, main="kept")
-        if self.cfg.by == "none":  # every candidate is a group of one: no shuffle, each batch judged alone
-            return keyed | "Single" >> beam.Map(lambda batch: (0, [batch])) | "Pick" >> pick
+        if self.cfg.by == "none":  # every candidate is a group of one: nothing to bring together
+            return keyed | "Pick" >> beam.ParDo(_PickBatch()).with_outputs(REJECTED, main="kept")
         return (
             keyed
             | "Partition" >> PartitionRows(_partition_key, self.rows_per_partition, self.partitions)
-            | "Group" >> beam.GroupByKey()
+            | "Spill" >> Spill(fsio.join(self.work, "dedup"))
             | "Pick" >> pick
         )
+
+
+class _PickBatch(beam.DoFn):
+    """Dedup by "none": every candidate kept as it comes, counted as the partitioned path counts."""
+
+    def setup(self) -> None:
+        self.counters = Counters(reasons.DEDUP)
+
+    def process(self, pairs: Rows) -> Iterator[Rows]:
+        kept = Rows(candidate for _, candidate in pairs)
+        self.counters.inc("kept", len(kept))
+        if kept:
+            yield kept
 
 
 def shard_urls(dataset: str | os.PathLike, shard: ShardEntry) -> Iterator[str]:
@@ -318,31 +335,24 @@ def _keyed_shard_urls(job: tuple[str, ShardEntry]) -> Iterator[tuple[str, str]]:
     return ((url, dataset) for url in shard_urls(dataset, shard))
 
 
-class ReadSeenUrls(beam.PTransform):
-    """PBegin -> (normalized URL, dataset) for every sample of the datasets, read one shard per task."""
+_CANDIDATES, _SEEN = "c", "s"  # what a spilled batch holds: candidates, or (URL, dataset) pairs of earlier samples
 
-    def __init__(self, datasets: Sequence[str | os.PathLike]):
-        super().__init__()
-        self.datasets = tuple(str(d) for d in datasets)
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
-        return (
-            pbegin
-            | "Datasets" >> beam.Create(self.datasets)
-            | "Shards" >> beam.FlatMap(_dataset_shards)
-            | "Spread" >> beam.Reshuffle()  # a dataset's shards are read in parallel, not by one worker
-            | "Urls" >> beam.FlatMap(_keyed_shard_urls)
-        )
+def _split_seen(job: tuple[str, ShardEntry], partitions: int) -> Iterator[tuple[int, tuple[str, Rows]]]:
+    for partition, pairs in split_by_partition(_keyed_shard_urls(job), lambda pair: pair[0], partitions):
+        yield partition, (_SEEN, pairs)
 
 
 class _JudgeSeen(beam.DoFn):
     def setup(self) -> None:
         self.counters = Counters(reasons.DEDUP)
 
-    def process(self, element: tuple[int, dict[str, Iterable]]) -> Iterator:
-        _, joined = element
-        candidates = (c for batch in joined["candidates"] for c in batch)
-        kept, rejected = judge_seen(candidates, first_seen(joined["seen"]))
+    def process(self, element: tuple[int, list[str]]) -> Iterator:
+        _, paths = element
+        candidates, seen = [], []
+        for kind, rows in read_spilled(paths):
+            (candidates if kind == _CANDIDATES else seen).extend(rows)
+        kept, rejected = judge_seen(candidates, first_seen(seen))
         _count(kept, rejected, "unseen", self.counters)
         for part in batched(kept):
             yield part
@@ -356,26 +366,40 @@ def _url_or_key(candidate: dict) -> str:
 
 class ExcludeSeen(beam.PTransform):
     """Rows batches -> `kept` and `rejected` (SEEN_BEFORE) batches: candidates whose normalized URL an earlier
-    dataset holds. A join (CoGroupByKey) on hash partitions of the URL, sized by the candidates and earlier URLs
-    together, not a side input: earlier datasets need not fit in memory.
+    dataset holds. A join on hash partitions of the URL, not a side input (earlier datasets need not fit in memory):
+    candidates and earlier URLs reach their partition through spill files under `work` (pipeline.spill), sized by
+    the candidates (`rows_hint`, else counted) and the earlier datasets' manifests together.
     """
 
-    def __init__(self, datasets: Sequence[str | os.PathLike], rows_per_partition: int = PARTITION_ROWS):
+    def __init__(self, datasets: Sequence[str | os.PathLike], work: str, rows_per_partition: int = PARTITION_ROWS,
+                 rows_hint: int | None = None):  # fmt: skip
         super().__init__()
         self.datasets = tuple(str(d) for d in datasets)
+        self.work = work
         self.rows_per_partition = rows_per_partition
-        for dataset in self.datasets:  # fail now, not after the pipeline has run for an hour
-            list_shards(dataset)
+        # Listing fails now, not after the pipeline has run for an hour; the manifests also say how many URLs come.
+        self.seen_rows = sum(shard.rows for dataset in self.datasets for shard in list_shards(dataset))
+        self.rows_hint = rows_hint
 
     def expand(self, batches: beam.PCollection) -> Any:
-        seen = batches.pipeline | "ReadSeen" >> ReadSeenUrls(self.datasets)
-        sizes = (
-            batches | "CountCandidates" >> CountRows(),
-            seen | "CountSeen" >> beam.combiners.Count.Globally(),
+        per = self.rows_per_partition
+        if self.rows_hint is not None:
+            parts = partitions_for(self.rows_hint + self.seen_rows, per)
+        else:
+            seen_rows = self.seen_rows
+            total = batches | "CountCandidates" >> CountRows() | "AndSeen" >> beam.Map(lambda n: n + seen_rows)
+            parts = beam.pvalue.AsSingleton(total | "Parts" >> beam.Map(partitions_for, per))
+        seen = (
+            batches.pipeline
+            | "Datasets" >> beam.Create(self.datasets)
+            | "Shards" >> beam.FlatMap(_dataset_shards)
+            | "Spread" >> beam.Reshuffle()  # a dataset's shards are read in parallel, not by one worker
+            | "SplitSeen" >> beam.FlatMap(_split_seen, parts)
         )
-        total = sizes | "Sizes" >> beam.Flatten() | "Total" >> beam.CombineGlobally(sum)
-        parts = beam.pvalue.AsSingleton(total | "Parts" >> beam.Map(partitions_for, self.rows_per_partition))
-        keyed_seen = seen | "PartitionSeen" >> beam.Map(lambda s, n: (partition_of(s[0], n), s), parts)
-        keyed = batches | "Partition" >> PartitionRows(_url_or_key, partitions=parts)
-        joined = {"candidates": keyed, "seen": keyed_seen} | "Join" >> beam.CoGroupByKey()
-        return joined | "Judge" >> beam.ParDo(_JudgeSeen()).with_outputs(REJECTED, main="kept")
+        candidates = (
+            batches
+            | "Partition" >> PartitionRows(_url_or_key, partitions=parts)
+            | "Tag" >> beam.MapTuple(lambda partition, rows: (partition, (_CANDIDATES, rows)))
+        )
+        spilled = (candidates, seen) | "Spill" >> Spill(fsio.join(self.work, "seen"))
+        return spilled | "Judge" >> beam.ParDo(_JudgeSeen()).with_outputs(REJECTED, main="kept")

@@ -1,5 +1,7 @@
 """The fetch stage in Beam: candidates in, shards written bucket by bucket by the workers that own them."""
 
+import ctypes
+import ctypes.util
 import functools
 import multiprocessing
 import os
@@ -63,6 +65,7 @@ class _FetchBuckets(beam.DoFn):
         result = fetch_bucket(job.root, index, job.buckets, job.fingerprint, candidates, rejections, self.fetch_one,
                               self.pool, self.threads * (1 + QUEUE_PER_THREAD), job.first,
                               self.bar.update if self.bar else None)  # fmt: skip
+        _release_freed_memory()
         fetched = result.counts.get(reasons.FETCH, {})
         self.counters.inc("kept", result.shard.rows if result.shard else 0)
         for reason, n in fetched.items():
@@ -76,6 +79,28 @@ class _FetchBuckets(beam.DoFn):
         self.fetcher.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap that a bucket's images used and freed back to the OS (glibc only; elsewhere a no-op).
+
+    Dozens of threads decoding images of every size leave glibc's arenas fragmented: measured on 16,000 images, the
+    resident size crept ~0.8 MB/s while Python's own heap stayed flat. Trimming after each bucket keeps a long fetch
+    at the size of its first buckets.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 class _Progress:

@@ -217,11 +217,14 @@ def run_stage(cfg: BalanceConfig, expected, out_dir: Path, options: PipelineOpti
     want += [("before", kv) for kv in expected.counts_before.items()]
     want += [("after", kv) for kv in expected.counts_after.items()]
     p = TestPipeline(runner=None if options else "FnApiRunner", options=options)
-    out = p | beam.Create(list(batched(STAGE_DATA, 16))) | BalanceQueries(cfg, STAGE_ENTRIES)
+    work = str(out_dir / f"work-{id(options)}")
+    out = p | beam.Create(list(batched(STAGE_DATA, 16))) | BalanceQueries(cfg, work, STAGE_ENTRIES, rows_hint=120)
     # One assert_that over every output, tagged: each assert_that adds a grouping stage, and they cost seconds.
     got = (
         out.kept | "Kept" >> beam.FlatMap(lambda rows: [("kept", kept_row(c)) for c in rows]),
-        out[REJECTED] | "Rej" >> beam.FlatMap(lambda rows: [(REJECTED, rejected_row(r)) for r in rows]),
+        out[REJECTED]
+        | "Rejected" >> beam.Flatten()
+        | "Rej" >> beam.FlatMap(lambda rows: [(REJECTED, rejected_row(r)) for r in rows]),
         out.counts_before | "Before" >> beam.FlatMap(lambda counts: [("before", kv) for kv in counts.items()]),
         out.counts_after | "After" >> beam.FlatMap(lambda counts: [("after", kv) for kv in counts.items()]),
     ) | beam.Flatten()

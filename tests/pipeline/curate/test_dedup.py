@@ -213,17 +213,19 @@ def _beam_verdicts(out, label: str) -> beam.PCollection:
     ) | f"{label}All" >> beam.Flatten()
 
 
-def test_dedup_stage_matches_the_plain_loop():
+def test_dedup_stage_matches_the_plain_loop(tmp_path):
     p = TestPipeline(runner="FnApiRunner")
     cands = p | beam.Create(list(batched(CANDS, 4)))  # a URL's spellings arrive in different batches
     counts = Counter()
     for by in MODES:  # one pipeline for the three modes: each run costs a second or two to start
         kept, rejected = dedup_pure(CANDS, DedupConfig(by=by))
         counts.update({"kept": len(kept)} | Counter(r[fields.REASON] for r in rejected))
-        out = cands | f"Dedup_{by}" >> DedupCandidates(DedupConfig(by=by), rows_per_partition=5)  # 16 partitions
+        out = cands | f"Dedup_{by}" >> DedupCandidates(
+            DedupConfig(by=by), str(tmp_path / by), rows_per_partition=5
+        )  # 16 partitions
         assert_that(_beam_verdicts(out, by), equal_to(sorted(_verdicts(kept, rejected).items())), label=f"Check_{by}")
     # Sized from a row count known in advance (Parquet footers): no count of the input, same verdicts.
-    hinted = cands | "DedupHinted" >> DedupCandidates(DedupConfig(), rows_per_partition=1, rows_hint=len(CANDS))
+    hinted = cands | "DedupHinted" >> DedupCandidates(DedupConfig(), str(tmp_path), 1, rows_hint=len(CANDS))
     kept, rejected = dedup_pure(CANDS, DedupConfig())
     counts.update({"kept": len(kept)} | Counter(r[fields.REASON] for r in rejected))
     assert_that(_beam_verdicts(hinted, "hinted"), equal_to(sorted(_verdicts(kept, rejected).items())), label="Hinted")
@@ -301,25 +303,34 @@ def test_exclude_seen_plain_loop(earlier, img2dataset_output):
     assert _verdicts(kept, rejected) == _exclude_expected(earlier, img2dataset_output)
 
 
-def test_exclude_seen_stage(earlier, img2dataset_output):
+def test_exclude_seen_stage(earlier, img2dataset_output, tmp_path):
     expected = sorted(_exclude_expected(earlier, img2dataset_output).items())
     with TestPipeline(runner="FnApiRunner") as p:
         cands = p | beam.Create(list(batched(EXCLUDE_CANDS, 4)))
-        out = cands | "Exclude" >> ExcludeSeen([earlier, img2dataset_output], rows_per_partition=4)  # 16 partitions
+        out = cands | "Exclude" >> ExcludeSeen(
+            [earlier, img2dataset_output], str(tmp_path / "a"), rows_per_partition=4
+        )  # 16 partitions
         assert_that(_beam_verdicts(out, "two"), equal_to(expected), label="CheckTwo")
-        nothing = cands | "ExcludeNothing" >> ExcludeSeen([])
+        # Sized from the candidate count known in advance and the manifests: no count of the input, same verdicts.
+        hinted = ExcludeSeen([earlier, img2dataset_output], str(tmp_path / "c"), 4, rows_hint=len(EXCLUDE_CANDS))
+        assert_that(_beam_verdicts(cands | "ExcludeHinted" >> hinted, "hinted"), equal_to(expected), label="Hinted")
+        nothing = cands | "ExcludeNothing" >> ExcludeSeen([], str(tmp_path / "b"))
         all_kept = [(c[fields.KEY], ("kept",)) for c in EXCLUDE_CANDS]
         assert_that(_beam_verdicts(nothing, "none"), equal_to(all_kept), label="CheckNone")
 
 
-def test_exclude_seen_reads_datasets_on_another_filesystem(earlier, img2dataset_output):
+def test_exclude_seen_reads_datasets_on_another_filesystem(earlier, img2dataset_output, tmp_path):
     remote = [upload(earlier, "memfs://exclude/earlier"), upload(img2dataset_output, "memfs://exclude/i2d")]
     try:
         assert sorted(dataset_urls(remote[0])) == sorted(dataset_urls(earlier))
         expected = _exclude_expected(*remote)
         assert _verdicts(*exclude_seen_pure(EXCLUDE_CANDS, remote)) == expected
         with TestPipeline(runner="FnApiRunner") as p:  # in process, where memfs:// is registered
-            out = p | beam.Create(list(batched(EXCLUDE_CANDS, 4))) | ExcludeSeen(remote, rows_per_partition=4)
+            out = (
+                p
+                | beam.Create(list(batched(EXCLUDE_CANDS, 4)))
+                | ExcludeSeen(remote, str(tmp_path), rows_per_partition=4)
+            )
             assert_that(_beam_verdicts(out, "remote"), equal_to(sorted(expected.items())), label="CheckRemote")
     finally:
         clear("memfs://exclude")
@@ -327,7 +338,7 @@ def test_exclude_seen_reads_datasets_on_another_filesystem(earlier, img2dataset_
 
 def test_exclude_seen_refuses_a_missing_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such dataset"):
-        ExcludeSeen([tmp_path / "nowhere"])
+        ExcludeSeen([tmp_path / "nowhere"], str(tmp_path / "work"))
 
 
 def _variants(url: str, i: int) -> list[str]:
