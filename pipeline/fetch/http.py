@@ -107,6 +107,18 @@ class Fetcher:
         self._last_start: dict[str, float] = {}
         self._guard = threading.Lock()
 
+    def forget_hosts(self, keep_at_most: int) -> bool:
+        """Drop every host's cached robots.txt rules, addresses, locks and pacing once more than `keep_at_most` hosts
+        are known; True if it did. Only between batches of work, with no request in flight (a dropped slot would let
+        a host have more than its share). Web-scale lists name millions of hosts: without this, memory would grow
+        with every host a worker ever met; with it, a host seen again after the drop costs one more robots.txt."""
+        if max(len(self._robots), len(self._dns), len(self._slots)) <= keep_at_most:
+            return False
+        with self._guard:
+            for cache in (self._robots, self._dns, self._locks, self._slots, self._last_start):
+                cache.clear()
+        return True
+
     def addresses(self, host: str, port: int) -> list[str]:
         """The host's addresses, resolved once per Fetcher (a DNS cache); Rejected(dns_error) if it has none."""
         key = (host.lower(), port)

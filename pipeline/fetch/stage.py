@@ -23,6 +23,9 @@ from pipeline.write_dataset import BucketResult, bucket
 from schemas import fields, reasons
 
 REJECTED = "rejected"
+# Hosts whose robots.txt rules and addresses a worker keeps between buckets (a few KB each): bounds its memory
+# on lists of millions of hosts, at the price of one more robots.txt for a host met again after the drop.
+MAX_HOSTS = 50_000
 _CANDIDATE, _REJECTION = "c", "r"  # what a spilled row is: a candidate to fetch, or a rejection to record
 
 
@@ -65,6 +68,8 @@ class _FetchBuckets(beam.DoFn):
         result = fetch_bucket(job.root, index, job.buckets, job.fingerprint, candidates, rejections, self.fetch_one,
                               self.pool, self.threads * (1 + QUEUE_PER_THREAD), job.first,
                               self.bar.update if self.bar else None)  # fmt: skip
+        if self.fetcher.forget_hosts(MAX_HOSTS):  # between buckets: nothing is in flight
+            self.counters.inc("host_caches_dropped")
         _release_freed_memory()
         fetched = result.counts.get(reasons.FETCH, {})
         self.counters.inc("kept", result.shard.rows if result.shard else 0)

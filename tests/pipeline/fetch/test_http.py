@@ -338,3 +338,13 @@ def test_fetch_stage_with_image_worker_processes(base_url, tmp_path):
     assert samples == {"k0": 120, "k2": 120}
     # A Rejected raised in a worker process comes back with its code intact.
     assert rejected == {"k1": reasons.DECODE_ERROR}
+
+
+def test_forgetting_hosts_bounds_the_caches_and_fetching_goes_on(base_url):
+    f = Fetcher(FetchConfig(allow_private=True))
+    assert fetch_image(f, f"{base_url}/ok.jpg").data == JPEG
+    assert not f.forget_hosts(keep_at_most=1)  # one host known: kept
+    assert f.forget_hosts(keep_at_most=0)
+    assert not f._robots and not f._dns and not f._slots
+    assert fetch_image(f, f"{base_url}/ok.jpg").data == JPEG  # robots.txt and the address fetched again
+    assert _reason(f, f"{base_url}/private/a.jpg") == reasons.ROBOTS_DISALLOWED  # and still obeyed
