@@ -1,5 +1,9 @@
 """`wit fetch` vs img2dataset: same URL list, same loopback server, same output settings, same 2 cores.
 
+The images are served by nginx from files (benchmarks/nginx.py): a Python server in this process took CPU from
+both tools and hid most of their difference. The decode+resize floor (wit's image processing alone, no network)
+says how close each tool comes to what the CPU allows.
+
     .venv/bin/python benchmarks/fetch.py [--images 3000] [--runs 3]
 
 Writes benchmarks/results/fetch.json: images/s of each tool per run, medians, the ratio, successes, peak RSS.
@@ -14,15 +18,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from nginx import Nginx
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent
@@ -66,32 +69,27 @@ def make_images(n: int) -> list[tuple[bytes, str]]:
     return images
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    images: list[bytes] = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/robots.txt":
-            body, ctype = b"User-agent: *\nAllow: /\n", "text/plain"
-        else:
-            body, ctype = self.images[int(self.path.strip("/").split(".")[0])], "image/jpeg"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def image_folder(n: int) -> Path:
+    """The folder nginx serves: the cached images, named by index, and a robots.txt that allows everything."""
+    folder = WORK / f"images-{n}"
+    (folder / "robots.txt").write_text("User-agent: *\nAllow: /\n")
+    return folder
 
 
-def serve(images: list[bytes]) -> ThreadingHTTPServer:
-    _Handler.images = images
-    ThreadingHTTPServer.request_queue_size = 1024
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def decode_resize_floor(images: list[bytes]) -> dict:
+    """The CPU floor of a fetch: decode, resize to 256 px keep_ratio and re-encode (wit's process_image, which also
+    computes the pHash and colour signature) of every image in one thread, no network. ms per image, and the
+    images/s two cores would reach doing nothing else."""
+    from pipeline.fetch.image import ImageConfig, process_image
+
+    cfg = ImageConfig(image_size=256, resize_mode="keep_ratio")
+    times = []
+    for data in images:
+        t0 = time.perf_counter()
+        process_image(data, cfg)
+        times.append((time.perf_counter() - t0) * 1000)
+    mean = statistics.fmean(times)
+    return {"median_ms": statistics.median(times), "mean_ms": mean, "floor_images_per_s_2_cores": 2 * 1000 / mean}
 
 
 def _tree_rss_mib(root: int) -> float:
@@ -176,8 +174,10 @@ def main() -> None:
 
     images = make_images(args.images)
     sizes = sorted(len(data) for data, _ in images)
-    server = serve([data for data, _ in images])
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    floor = decode_resize_floor([data for data, _ in images])
+    print(json.dumps({"decode_resize": floor}), flush=True)
+    server = Nginx(image_folder(args.images)).__enter__()
+    base = server.base_url
     urls = WORK / "urls.parquet"
     pq.write_table(pa.table({"url": [f"{base}/{i}.jpg" for i in range(len(images))],
                              "caption": [c for _, c in images]}), urls)  # fmt: skip
@@ -194,7 +194,7 @@ def main() -> None:
             result = fn(urls, out, env, threads) | {"run": r}
             print(json.dumps(result), flush=True)
             runs.append(result)
-    server.shutdown()
+    server.__exit__()
 
     tools = ("wit fetch", "wit fetch (2 workers)", "img2dataset")
 
@@ -207,6 +207,7 @@ def main() -> None:
         "keep_ratio JPEG q95, on 2 cores: img2dataset with 2 processes; wit fetch as run by default (in-process "
         "runner) and with 2 worker processes",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "server": f"nginx {Nginx.version()} (1 worker process, sendfile), serving the images from files",
         "images": len(images),
         "image_bytes": {"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]},
         "settings": vars(args),
@@ -216,11 +217,20 @@ def main() -> None:
         "runs": runs,
     }
     rates = summary["median_images_per_s"]
+    summary["decode_resize_ms_per_image"] = {k: floor[k] for k in ("median_ms", "mean_ms")}
+    summary["floor_images_per_s_2_cores"] = floor["floor_images_per_s_2_cores"]
+    summary["fraction_of_floor"] = {t: rates[t] / floor["floor_images_per_s_2_cores"] for t in tools}
     summary["ratio_wit_over_img2dataset"] = rates["wit fetch"] / rates["img2dataset"]
     summary["ratio_wit_2_workers_over_img2dataset"] = rates["wit fetch (2 workers)"] / rates["img2dataset"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    keys = ("median_images_per_s", "ratio_wit_over_img2dataset", "ratio_wit_2_workers_over_img2dataset", "successes")
+    keys = (
+        "median_images_per_s",
+        "ratio_wit_over_img2dataset",
+        "ratio_wit_2_workers_over_img2dataset",
+        "successes",
+        "fraction_of_floor",
+    )
     print(json.dumps({k: summary[k] for k in keys}))
 
 
