@@ -185,7 +185,10 @@ def dedup_phase(
     fsio.remove_tree(work)
     with beam.Pipeline(options=options) as p:
         rows = p | "Shards" >> beam.Create([pq for _, pq in sources.values()]) | "ReadRows" >> beam.FlatMap(_dedup_rows)
-        judged = rows | "DedupImages" >> DedupImages(cfg.image_dedup, references)
+        # Judged through spill files, not shuffles: the default runner holds a shuffle in memory, and these are
+        # every fetched sample's rows.
+        spilled = fsio.join(work, "image_dedup"), sum(s.rows for s in staged.shards)
+        judged = rows | "DedupImages" >> DedupImages(cfg.image_dedup, references, *spilled)
         by_source = beam.Map(lambda update: (bucket(update[fields.KEY], buckets), update))
         kept, rejected = judged.kept | "KeptUpdates" >> beam.Map(_update), (judged[REJECTED],)
         if cfg.score.model is not None:

@@ -16,7 +16,9 @@ import io
 import pickle
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -28,7 +30,9 @@ from pipeline import fsio
 # A partition's buffer goes to a file when it reaches this many bytes: files of a few MB are cheap to list and read.
 FILE_BYTES = 4 << 20
 # All buffers together at most: past it the largest goes to a file, so a writer never holds more than this.
-BUFFER_BYTES = 64 << 20
+BUFFER_BYTES = 16 << 20
+# Elements a spilled grouping's partition holds, about: what one reader has in memory at once.
+PARTITION_ELEMENTS = 50_000
 
 
 def partition_folder(root: str, partition: int) -> str:
@@ -134,6 +138,128 @@ class Spill(beam.PTransform):
             | "GroupPaths" >> beam.GroupByKey()
             | "Sorted" >> beam.MapTuple(lambda partition, paths: (partition, sorted(paths)))
         )
+
+
+def key_partition(key: Any, partitions: int) -> int:
+    """The partition of a str, int or tuple key, the same in every worker process (hash() of a str is salted)."""
+    return zlib.crc32(repr(key).encode("utf-8", "surrogatepass")) % partitions
+
+
+def spilled_groups(handle: tuple[int, list[str]]) -> Iterator[tuple[Any, list]]:
+    """The (key, [values]) groups of one spilled partition (a StoreByKey handle), read into memory together."""
+    groups = defaultdict(list)
+    for key, value in read_spilled(handle[1]):
+        groups[key].append(value)
+    yield from groups.items()
+
+
+class StoreByKey(beam.PTransform):
+    """(key, value) -> handles (partition, [spill file paths]) whose spilled_groups are (key, [values]) as a
+    GroupByKey would give, through spill files under `root` instead of a shuffle.
+
+    Keys are spread over `partitions` by key_partition; whoever opens a handle holds its partition, about
+    (elements / partitions): size `partitions` from the input's size. Keys must be str, int or tuples of them (their
+    repr is their identity across processes). The handles are small, so a stage may wait on them (for a side
+    input, say) without the in-process runner holding the elements, which stay on disk. Several PCollections (a
+    tuple) are each spilled where they are produced: a Flatten would make that runner buffer its inputs."""
+
+    def __init__(self, root: str, partitions: int):
+        super().__init__()
+        self.root, self.partitions = root, partitions
+
+    def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
+        n = self.partitions
+        inputs = list(pairs) if isinstance(pairs, tuple) else [pairs]
+        keyed = tuple(
+            pcoll | f"Partition{i}" >> beam.Map(lambda kv: (key_partition(kv[0], n), kv))
+            for i, pcoll in enumerate(inputs)
+        )
+        return keyed | "Spill" >> Spill(self.root)
+
+
+class _Shuffle(beam.PTransform):
+    """GroupByKey of one PCollection or of a tuple of them (flattened first)."""
+
+    def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
+        if isinstance(pairs, tuple):
+            pairs = pairs | "Flatten" >> beam.Flatten()
+        return pairs | "GroupByKey" >> beam.GroupByKey()
+
+
+def _tagged(tags: tuple[str, ...], element: tuple[Any, list]) -> tuple[Any, dict[str, list]]:
+    key, values = element
+    out = {tag: [] for tag in tags}
+    for tag, value in values:
+        out[tag].append(value)
+    return key, out
+
+
+class Grouping:
+    """How a stage brings elements together by key: Beam's shuffle when `work` is None, else spill files under it.
+
+    The shuffle suits a distributed runner whose shuffle spills to disk; the in-process runner holds a shuffle in
+    memory, so a job meant to run on one machine in flat memory passes a work folder and the expected number of
+    elements, which sizes the partitions (PARTITION_ELEMENTS each). Picklable: DoFns that open handles carry it."""
+
+    def __init__(self, work: str | None = None, elements: int | None = None):
+        self.work, self.elements = work, elements
+
+    def partitions(self, scale: int = 1) -> int:
+        return max(16, -(-(self.elements or 0) * scale // PARTITION_ELEMENTS))
+
+    def store(self, name: str, scale: int = 1) -> beam.PTransform:
+        """(key, value) -> handles, opened with `open`: spilled partitions, or the shuffle's groups themselves.
+        `name` is unique in the stage; `scale` elements are expected per element counted in `elements`."""
+        if self.work is None:
+            return _Shuffle()
+        return StoreByKey(fsio.join(self.work, name), self.partitions(scale))
+
+    def open(self, handle: tuple) -> Iterator[tuple[Any, list]]:
+        """The (key, [values]) groups a handle of `store` stands for."""
+        if self.work is None:
+            yield handle
+        else:
+            yield from spilled_groups(handle)
+
+    def group(self, name: str, scale: int = 1) -> beam.PTransform:
+        """A GroupByKey of a PCollection or a tuple of them."""
+        return _Grouped(self, name, scale)
+
+    def cogroup(self, name: str, scale: int = 1) -> beam.PTransform:
+        """A CoGroupByKey of {tag: PCollection of (key, value), or a tuple of them}: (key, {tag: [values]})."""
+        return _CoGrouped(self, name, scale)
+
+
+SHUFFLE = Grouping()  # Beam's shuffle: the default of stages that take a Grouping
+
+
+class _Grouped(beam.PTransform):
+    def __init__(self, grouping: Grouping, name: str, scale: int):
+        super().__init__()
+        self.grouping, self.name, self.scale = grouping, name, scale
+
+    def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
+        grouping = self.grouping
+        if grouping.work is None:
+            return pairs | "Shuffle" >> _Shuffle()
+        return pairs | "Store" >> grouping.store(self.name, self.scale) | "Open" >> beam.FlatMap(spilled_groups)
+
+
+class _CoGrouped(_Grouped):
+    def expand(self, inputs: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        if self.grouping.work is None:
+            flat = {
+                tag: value | f"Flatten{tag}" >> beam.Flatten() if isinstance(value, tuple) else value
+                for tag, value in inputs.items()
+            }
+            return flat | "CoGroupByKey" >> beam.CoGroupByKey()
+        tags = tuple(inputs)
+        tagged = tuple(
+            pcoll | f"Tag{tag}{i}" >> beam.Map(lambda kv, t: (kv[0], (t, kv[1])), tag)
+            for tag, value in inputs.items()
+            for i, pcoll in enumerate(value if isinstance(value, tuple) else (value,))
+        )
+        return super().expand(tagged) | "ByTag" >> beam.Map(lambda element: _tagged(tags, element))
 
 
 class Spool:

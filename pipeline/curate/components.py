@@ -18,6 +18,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline.spill import SHUFFLE, Grouping
+
 Edge = tuple[Any, Any]  # two nodes; Beam needs the pair spelled out to accept it as (key, value)
 
 
@@ -142,42 +144,55 @@ class _Round(beam.DoFn):
 
 
 class _JudgeStars(beam.DoFn):
-    def __init__(self, partitions: int):
-        self.partitions = partitions
+    """A handle of the last round's edges by partition -> roles by partition, and the count of nodes breaking the
+    star shape (tagged "unsettled")."""
 
-    def process(self, element: tuple) -> Iterator:
-        roles, unsettled = [], 0
-        for u, nbrs in adjacency(element[1]).items():
-            role = star_role(u, nbrs)
-            if role is None:
-                unsettled += 1
-            else:
-                roles.append(role)
-        yield from by_partition(roles, self.partitions)
-        yield beam.pvalue.TaggedOutput("unsettled", unsettled)
+    def __init__(self, partitions: int, grouping: Grouping):
+        self.partitions, self.grouping = partitions, grouping
 
-
-class _Label(beam.DoFn):
-    def process(self, element: tuple) -> Iterator:
-        roles, unsettled = defaultdict(list), 0
-        for batch in element[1]:
-            for node, role in batch:
-                roles[node].append(role)
-        for node, node_roles in roles.items():
-            labels, bad = star_labels(node, node_roles)
-            yield from labels
-            unsettled += bad
-        yield beam.pvalue.TaggedOutput("unsettled", unsettled)
+    def process(self, handle: tuple) -> Iterator:
+        for _, batches in self.grouping.open(handle):
+            roles, unsettled = [], 0
+            for u, nbrs in adjacency(batches).items():
+                role = star_role(u, nbrs)
+                if role is None:
+                    unsettled += 1
+                else:
+                    roles.append(role)
+            yield from by_partition(roles, self.partitions)
+            yield beam.pvalue.TaggedOutput("unsettled", unsettled)
 
 
-def _if_settled(label: tuple, unsettled: int) -> Iterator[Edge]:
+def _labels(batches: Iterable[list]) -> tuple[list[Edge], int]:
+    """(labels, unsettled) of one partition's roles."""
+    roles, unsettled, out = defaultdict(list), 0, []
+    for batch in batches:
+        for node, role in batch:
+            roles[node].append(role)
+    for node, node_roles in roles.items():
+        labels, bad = star_labels(node, node_roles)
+        out.extend(labels)
+        unsettled += bad
+    return out, unsettled
+
+
+# The labels and the fallback both wait on the global unsettled count (a side input). They read the roles and edges
+# again from their handles, so that what waits is the handles: spilled, the in-process runner holds no edge or label.
+def _unsettled_roles(handle: tuple, grouping: Grouping) -> Iterator[int]:
+    for _, batches in grouping.open(handle):
+        yield _labels(batches)[1]
+
+
+def _if_settled(handle: tuple, grouping: Grouping, unsettled: int) -> Iterator[Edge]:
     if unsettled == 0:
-        yield label
+        for _, batches in grouping.open(handle):
+            yield from _labels(batches)[0]
 
 
-def _if_unsettled(element: tuple, unsettled: int) -> Iterator[tuple[None, list[Edge]]]:
+def _if_unsettled(handle: tuple, grouping: Grouping, unsettled: int) -> Iterator[tuple[None, list[Edge]]]:
     if unsettled:
-        yield None, [e for e in element[1] if e[0] > e[1]]
+        for _, batches in grouping.open(handle):
+            yield None, [e for batch in batches for e in batch if e[0] > e[1]]
 
 
 class _Finish(beam.DoFn):
@@ -201,45 +216,55 @@ class ConnectedComponents(beam.PTransform):
     """Edges (a, b) -> (node, label) for every node of an edge, label = the smallest node of its component.
 
     The rounds shuffle edges bundled into `partitions` groups by node: raise it with the number of edges so that
-    one group's edges (about edges / partitions) fit a worker."""
+    one group's edges (about edges / partitions) fit a worker. `grouping` says how the rounds group (a shuffle, or
+    spill files for flat memory on one machine). With flatten=False the labels come as a tuple of two PCollections
+    (settled stars, the fallback's) for a consumer that takes tuples: a Flatten would make the in-process runner
+    buffer every label."""
 
-    def __init__(self, rounds: int, fallback_cap: int = 1_000_000, partitions: int = 16):
+    def __init__(
+        self,
+        rounds: int,
+        fallback_cap: int = 1_000_000,
+        partitions: int = 16,
+        grouping: Grouping = SHUFFLE,
+        flatten: bool = True,
+    ):
         super().__init__()
         self.rounds, self.fallback_cap, self.partitions = rounds, fallback_cap, partitions
+        self.grouping, self.flatten = grouping, flatten
 
-    def expand(self, edges: beam.PCollection) -> beam.PCollection:
-        n = self.partitions
-        batches = (
-            edges
-            | "Batch" >> beam.BatchElements(min_batch_size=1000, max_batch_size=100_000)
-            | "BothWays" >> beam.FlatMap(lambda batch: by_partition(_both_ways(batch), n))
+    def expand(self, edges: beam.PCollection | tuple) -> beam.PCollection:
+        n, group = self.partitions, self.grouping.group
+        # Several edge PCollections are batched each where it is produced and only met in the first grouping.
+        batches = tuple(
+            pcoll
+            | f"Batch{i}" >> beam.BatchElements(min_batch_size=1000, max_batch_size=100_000)
+            | f"BothWays{i}" >> beam.FlatMap(lambda batch: by_partition(_both_ways(batch), n))
+            for i, pcoll in enumerate(edges if isinstance(edges, tuple) else (edges,))
         )
         for r in range(self.rounds):
             batches = (
                 batches
-                | f"LargeStarGroup{r}" >> beam.GroupByKey()
+                | f"LargeStarGroup{r}" >> group(f"LargeStarGroup{r}")
                 | f"LargeStar{r}" >> beam.ParDo(_Round(large_star, n))
-                | f"SmallStarGroup{r}" >> beam.GroupByKey()
+                | f"SmallStarGroup{r}" >> group(f"SmallStarGroup{r}")
                 | f"SmallStar{r}" >> beam.ParDo(_Round(_small_star_both_ways, n))
             )
-        roles = (
-            batches
-            | "CheckGroup" >> beam.GroupByKey()
-            | "Roles" >> beam.ParDo(_JudgeStars(n)).with_outputs("unsettled", main="roles")
-        )
-        labelled = (
-            roles.roles
-            | "GroupRoles" >> beam.GroupByKey()
-            | "Label" >> beam.ParDo(_Label()).with_outputs("unsettled", main="labels")
-        )
+        checked = batches | "CheckGroup" >> self.grouping.store("CheckGroup")
+        roles = checked | "Roles" >> beam.ParDo(_JudgeStars(n, self.grouping)).with_outputs("unsettled", main="roles")
+        by_node = roles.roles | "GroupRoles" >> self.grouping.store("GroupRoles")
         unsettled = beam.pvalue.AsSingleton(
-            (roles.unsettled, labelled.unsettled) | "Unsettled" >> beam.Flatten() | beam.CombineGlobally(sum)
+            (roles.unsettled, by_node | "CountUnsettled" >> beam.FlatMap(_unsettled_roles, self.grouping))
+            | "Unsettled" >> beam.Flatten()
+            | beam.CombineGlobally(sum)
         )
-        settled = labelled.labels | "IfSettled" >> beam.FlatMap(_if_settled, unsettled)
+        settled = by_node | "IfSettled" >> beam.FlatMap(_if_settled, self.grouping, unsettled)
         finished = (
-            batches
-            | "IfUnsettled" >> beam.FlatMap(_if_unsettled, unsettled)
+            checked
+            | "IfUnsettled" >> beam.FlatMap(_if_unsettled, self.grouping, unsettled)
             | "Gather" >> beam.GroupByKey()
             | "Finish" >> beam.ParDo(_Finish(self.rounds, self.fallback_cap))
         )
+        if not self.flatten:
+            return settled, finished
         return (settled, finished) | "Labels" >> beam.Flatten()

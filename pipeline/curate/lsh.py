@@ -24,6 +24,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from pipeline.spill import SHUFFLE, Grouping
+
 HASH_BITS = 64
 ALL_BITS = (1 << HASH_BITS) - 1
 PAIR_CAP = 1 << 20  # pairs one run may compare all-against-all before it is split on its remaining bits
@@ -310,14 +312,14 @@ class NearPairs(beam.PTransform):
 
     2**bucket_bits shuffle groups per band: raise it with the corpus so that one group fits a worker."""
 
-    def __init__(self, k: int, bucket_bits: int, veto: Veto | None = None):
+    def __init__(self, k: int, bucket_bits: int, veto: Veto | None = None, grouping: Grouping = SHUFFLE):
         super().__init__()
-        self.k, self.bucket_bits, self.veto = k, bucket_bits, veto
+        self.k, self.bucket_bits, self.veto, self.grouping = k, bucket_bits, veto, grouping
 
     def expand(self, nodes: beam.PCollection) -> beam.PCollection:
         return (
             _bucketed(nodes, self.k, self.bucket_bits, "")
-            | "GroupBands" >> beam.GroupByKey()
+            | "GroupBands" >> self.grouping.group("GroupBands", self.k + 1)
             | "Verify" >> beam.FlatMap(_group_edges, self.k, self.veto)
         )
 
@@ -327,9 +329,9 @@ class NearMatches(beam.PTransform):
     k bits of the id's hash and not vetoed (an id may be reported once per matching band group; combine per id
     downstream)."""
 
-    def __init__(self, k: int, bucket_bits: int, veto: Veto | None = None):
+    def __init__(self, k: int, bucket_bits: int, veto: Veto | None = None, grouping: Grouping = SHUFFLE):
         super().__init__()
-        self.k, self.bucket_bits, self.veto = k, bucket_bits, veto
+        self.k, self.bucket_bits, self.veto, self.grouping = k, bucket_bits, veto, grouping
 
     def expand(self, pcolls: Any) -> beam.PCollection:
         queries, refs = pcolls
@@ -338,6 +340,6 @@ class NearMatches(beam.PTransform):
                 "queries": _bucketed(queries, self.k, self.bucket_bits, "Queries"),
                 "refs": _bucketed(refs, self.k, self.bucket_bits, "Refs"),
             }
-            | "JoinBands" >> beam.CoGroupByKey()
+            | "JoinBands" >> self.grouping.cogroup("JoinBands", self.k + 1)
             | "Verify" >> beam.FlatMap(_group_matches, self.k, self.veto)
         )

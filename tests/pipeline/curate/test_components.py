@@ -18,6 +18,7 @@ from pipeline.curate.components import (
     star_labels,
     star_role,
 )
+from pipeline.spill import Grouping
 
 
 def _chain(n: int, seed: int) -> list[tuple[str, str]]:
@@ -76,9 +77,9 @@ def test_star_roles_tell_a_star_from_anything_else():
     assert star_labels("b", [("child", "c"), ("child", "d")]) == ([], 2)  # children of a non-root
 
 
-def _run(edges: list[tuple], rounds: int, cap: int = 1_000_000) -> dict:
+def _run(edges: list[tuple], rounds: int, cap: int = 1_000_000, work: str | None = None) -> dict:
     p = TestPipeline()
-    out = p | beam.Create(edges) | ConnectedComponents(rounds, fallback_cap=cap)
+    out = p | beam.Create(edges) | ConnectedComponents(rounds, fallback_cap=cap, grouping=Grouping(work, len(edges)))
     assert_that(out, equal_to(list(components_pure(edges).items())))
     result = p.run()
     result.wait_until_finish()
@@ -89,13 +90,18 @@ def _run(edges: list[tuple], rounds: int, cap: int = 1_000_000) -> dict:
 _EDGES = _chain(60, seed=1) + [("x1", "x0"), ("x2", "x0"), ("y0", "y1")]
 
 
-def test_beam_components_equal_union_find():
+_SPILLED = pytest.mark.parametrize("spilled", [False, True], ids=["shuffled", "spilled"])
+
+
+@_SPILLED
+def test_beam_components_equal_union_find(spilled, tmp_path):
     assert _rounds_to_settle(_EDGES) <= 5
-    assert _run(_EDGES, rounds=5) == {"fallback_edges": 0}
+    assert _run(_EDGES, rounds=5, work=str(tmp_path) if spilled else None) == {"fallback_edges": 0}
 
 
-def test_beam_components_not_settled_in_the_rounds_are_finished_by_union_find():
-    assert _run(_EDGES, rounds=1)["fallback_edges"] > 0
+@_SPILLED
+def test_beam_components_not_settled_in_the_rounds_are_finished_by_union_find(spilled, tmp_path):
+    assert _run(_EDGES, rounds=1, work=str(tmp_path) if spilled else None)["fallback_edges"] > 0
 
 
 def test_beam_components_fail_loudly_rather_than_gather_too_many_edges():

@@ -320,19 +320,25 @@ def test_the_outcome_does_not_depend_on_input_order():
         assert _sorted(dedup_images_pure(rows)) == expected
 
 
-def _beam(rows: list[dict], cfg: ImageDedupConfig, refs=()) -> None:
+def _beam(rows: list[dict], cfg: ImageDedupConfig, refs=(), work: str | None = None) -> None:
     expected = dedup_images_pure(rows, cfg, refs)
     with TestPipeline() as p:
-        out = p | beam.Create(rows, reshuffle=False).with_output_types(dict) | DedupImages(cfg, refs)
+        dedup = DedupImages(cfg, refs, work, len(rows))
+        out = p | beam.Create(rows, reshuffle=False).with_output_types(dict) | dedup
         assert_that(out.kept, equal_to(expected.kept), label="Kept")
         assert_that(out.rejected, equal_to(expected.rejected), label="Rejected")
         assert_that(out.groups, equal_to(expected.groups), label="Groups")
 
 
-def test_beam_equals_the_union_find_reference(references):
+@pytest.mark.parametrize("spilled", [False, True], ids=["shuffled", "spilled"])
+def test_beam_equals_the_union_find_reference(references, spilled, tmp_path):
     refs, h = references
     rows = _reference_rows(h) + _planted_rows(300, seed=6)
-    _beam(rows, ImageDedupConfig(rounds=3, bucket_bits=2), refs)
+    _beam(rows, ImageDedupConfig(rounds=3, bucket_bits=2), refs, str(tmp_path / "work") if spilled else None)
+    # Spilled, every grouping went through files (the rounds included), and none through Beam's shuffle of rows.
+    assert not spilled or {"GroupSha", "JoinOutcomes", "JoinHits", "GroupBands", "CheckGroup"} <= {
+        f.name for f in (tmp_path / "work").iterdir()
+    }
 
 
 @pytest.mark.slow
