@@ -11,6 +11,7 @@ from pipeline.fetch.politeness import USER_AGENT_TOKEN, user_agent
 
 # Prism, Beam's newer default, downloads a binary at start; the in-process FnApiRunner works offline.
 DEFAULT_RUNNER = "FnApiRunner"
+DASK_RUNNER = "beam_jobs.dask_runner.DaskRunner"
 
 
 def split_args(
@@ -20,7 +21,19 @@ def split_args(
     args, beam_args = parser.parse_known_args(argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
-    return args, PipelineOptions(beam_args)
+    return args, PipelineOptions(_dask_runner_by_name(beam_args))
+
+
+def _dask_runner_by_name(beam_args: list[str]) -> list[str]:
+    """`--runner=DaskRunner` (Beam knows it only by module path) means ours: Beam's with the fixes our jobs need."""
+    out, names = [], ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+    for i, arg in enumerate(beam_args):
+        if arg.startswith("--runner=") and arg.split("=", 1)[1] in names:
+            arg = f"--runner={DASK_RUNNER}"
+        elif i > 0 and beam_args[i - 1] == "--runner" and arg in names:
+            arg = DASK_RUNNER
+        out.append(arg)
+    return out
 
 
 def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from dask_cluster import DaskCluster
 
 from pipeline.synthweb import ServedWeb, WebConfig, generate_web, serve_web
 
@@ -26,6 +27,15 @@ def served_web(web_dir: Path) -> Iterator[ServedWeb]:
     call `served_web.reset()` before a test that depends on being the first to ask."""
     with serve_web(web_dir) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler and two single-thread workers, separate processes on free loopback ports, for the session.
+    Pass `--runner=DaskRunner --dask_client_address=` + `dask_cluster.address` to a job."""
+    cluster = DaskCluster(workers=2, folder=tmp_path_factory.mktemp("dask"))
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(scope="session")

@@ -93,6 +93,18 @@ def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
 
 
+def test_fetch_job_on_a_dask_cluster_gives_the_same_bytes(tmp_path, image_site, dask_cluster):
+    urls = [f"{image_site}/{i}.jpg" for i in range(30)] + [f"{image_site}/missing.jpg", "not a url"]
+    pq.write_table(pa.table({"URL": urls, "TEXT": [f"picture {i}" for i in range(len(urls))]}), tmp_path / "l.parquet")
+    args = ["--candidates", str(tmp_path / "l.parquet"), "--allow-private", "--samples-per-shard", "4"]
+    fetch.run([*args, "--out", str(tmp_path / "a")])
+    fetch.run(
+        [*args, "--out", str(tmp_path / "b"), "--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"]
+    )
+    assert verify_dataset(tmp_path / "b") == []
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+
+
 def _job_args(candidates: Path, threads: int) -> list[str]:
     return ["--candidates", str(candidates), "--allow-private", "--samples-per-shard", "10", "--threads", str(threads)]
 
