@@ -16,7 +16,6 @@ import io
 import pickle
 import tempfile
 import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -26,6 +25,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import fsio
+from pipeline.batches import partition_of, partitions_for
 
 # A partition's buffer goes to a file when it reaches this many bytes: files of a few MB are cheap to list and read.
 FILE_BYTES = 4 << 20
@@ -141,8 +141,8 @@ class Spill(beam.PTransform):
 
 
 def key_partition(key: Any, partitions: int) -> int:
-    """The partition of a str, int or tuple key, the same in every worker process (hash() of a str is salted)."""
-    return zlib.crc32(repr(key).encode("utf-8", "surrogatepass")) % partitions
+    """The partition of a str, int or tuple key, the same in every worker process: that of its repr."""
+    return partition_of(repr(key), partitions)
 
 
 def spilled_groups(handle: tuple[int, list[str]]) -> Iterator[tuple[Any, list]]:
@@ -205,7 +205,7 @@ class Grouping:
         self.work, self.elements = work, elements
 
     def partitions(self, scale: int = 1) -> int:
-        return max(16, -(-(self.elements or 0) * scale // PARTITION_ELEMENTS))
+        return partitions_for((self.elements or 0) * scale, PARTITION_ELEMENTS)
 
     def store(self, name: str, scale: int = 1) -> beam.PTransform:
         """(key, value) -> handles, opened with `open`: spilled partitions, or the shuffle's groups themselves.
@@ -240,9 +240,7 @@ class _Grouped(beam.PTransform):
 
     def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
         grouping = self.grouping
-        if grouping.work is None:
-            return pairs | "Shuffle" >> _Shuffle()
-        return pairs | "Store" >> grouping.store(self.name, self.scale) | "Open" >> beam.FlatMap(spilled_groups)
+        return pairs | "Store" >> grouping.store(self.name, self.scale) | "Open" >> beam.FlatMap(grouping.open)
 
 
 class _CoGrouped(_Grouped):
