@@ -192,8 +192,6 @@ class _Visitor(PipelineVisitor):
         return db.from_sequence(list(values), **kwargs)
 
     def _pardo(self, node: AppliedPTransform, inputs: list, outputs: dict) -> None:
-        import dask
-
         transform = node.transform
         if DoFnSignature(transform.fn).is_stateful_dofn():
             raise NotImplementedError(f"the Dask runner cannot run the stateful DoFn of {node.full_label!r}")
@@ -204,8 +202,12 @@ class _Visitor(PipelineVisitor):
             if not isinstance(si.pvalue.windowing.windowfn, GlobalWindows):
                 raise NotImplementedError(f"{node.full_label!r}: the Dask runner runs global windows only")
             views.append((type(si), si._view_options()))
-            # Computed once, as a dependency of every task that reads it (Beam's runner recomputes it per task).
-            side_values.append(dask.delayed(_concat)(self.bags[si.pvalue].to_delayed(optimize_graph=False)))
+            # Computed once, as one task every task that reads it depends on (Beam's runner recomputes it per task).
+            # A bag reduction, not a delayed over the bag's partitions: dask culls the whole graph once per delayed
+            # argument, which a job with hundreds of partitions and stages takes minutes to build.
+            # Unoptimized: an optimized copy would fuse (rename) the upstream tasks and run them a second time.
+            whole = self.bags[si.pvalue].reduction(list, _concat, split_every=False)
+            side_values.append(whole.to_delayed(optimize_graph=False))
         pairs = bag.map_partitions(
             _run_bundle, transform.fn, node.full_label, list(args), dict(kwargs), views, *side_values
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from dask_cluster import DaskCluster
+from worker_pool import WorkerPool
 
 from pipeline.synthweb import ServedWeb, WebConfig, generate_web, serve_web
 
@@ -36,6 +37,15 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
     cluster = DaskCluster(workers=2, folder=tmp_path_factory.mktemp("dask"))
     yield cluster
     cluster.close()
+
+
+@pytest.fixture(scope="session")
+def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerPool]:
+    """A Beam SDK worker pool in its own process for the session; a job passes `worker_pool.options` to run its
+    work there through the portable runner (the path Flink and Spark take, environment_type=EXTERNAL)."""
+    pool = WorkerPool(folder=tmp_path_factory.mktemp("worker_pool"))
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -167,6 +167,19 @@ def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, serve
     assert digests(out) == digests(built)
 
 
+@pytest.mark.slow
+def test_the_build_runs_on_a_dask_cluster(built, candidates, web_dir, served_web, tmp_path, digests, dask_cluster):
+    """Both phases on a scheduler and two worker processes: the same dataset as the default runner, byte for byte."""
+    served_web.reset()
+    out = tmp_path / "dask"
+    build.run(
+        _build_args(candidates, out, web_dir)
+        + ["--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"]
+    )
+    assert verify_dataset(out) == []
+    assert digests(out) == digests(built)
+
+
 def test_the_build_writes_to_another_filesystem(built, candidates, web_dir, served_web):
     """--out on a non-local Beam FileSystem (memfs://, in this process): the same dataset, byte for byte."""
     served_web.reset()

@@ -217,3 +217,13 @@ def test_with_a_tiny_model_concepts_and_eval_images(make_shapes_dataset, tmp_pat
     assert kept.keys() == set(got.keys) - expected.keys()
     assert all(abs(v - scores[got.keys.index(k)]) < 1e-6 for k, v in kept.items())
     assert json.loads((out / "manifest.json").read_text())["counts"]["shards"]["kept"] == len(kept)
+
+
+def test_the_filter_on_a_dask_cluster_writes_the_same_bytes(planted: dict, dask_cluster, digests) -> None:
+    outs = [planted["tmp"] / "local", planted["tmp"] / "on-dask"]
+    argv = [str(planted["dataset"]), "--embeddings", str(planted["emb"]), "--min-clip-score", "0.3",
+            "--semdedup-eps", "0.05", "--clusters", "3", "--samples-per-shard", "16"]  # fmt: skip
+    filter_job.run([*argv, "--out", str(outs[0])])
+    filter_job.run([*argv, "--out", str(outs[1]), "--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"])
+    assert verify_dataset(outs[1]) == []
+    assert digests(outs[1]) == digests(outs[0])

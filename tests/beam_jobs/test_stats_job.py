@@ -52,6 +52,17 @@ def test_compare_a_build_and_its_filter(tiny_pair, tmp_path: Path, capsys) -> No
     assert "report written" in capsys.readouterr().out
 
 
+def test_stats_on_a_dask_cluster_equal_the_default_runners(tiny_pair, tmp_path: Path, dask_cluster) -> None:
+    built, filtered = tiny_pair
+    args = [str(built), "--compare", str(filtered), "--seed", "3"]
+    local = stats_job.run([*args, "--out", str(tmp_path / "local")])
+    on_dask = stats_job.run(
+        [*args, "--out", str(tmp_path / "dask"), "--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"]
+    )
+    assert on_dask == local
+    assert (tmp_path / "dask" / stats_job.STATS_NAME).read_bytes() == (tmp_path / "local" / stats_job.STATS_NAME).read_bytes()
+
+
 def test_bad_inputs_are_one_line_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     assert wit_main(["stats", str(tmp_path / "absent"), "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == f"wit stats: error: {tmp_path / 'absent'}: no such dataset or run folder"
