@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
@@ -84,8 +85,12 @@ class _TagReceivers(dict):
         return receiver
 
 
-def _run_bundle(items: Iterable, fn, label: str, args: Sequence, kwargs: dict, views: Sequence, *side_values) -> list:
-    """One dask partition as one Beam bundle: setup, start, every element, finish, teardown; (tag, value) out."""
+def _run_bundle(items: Iterable, spec: bytes, label: str, views: Sequence, *side_values) -> list:
+    """One dask partition as one Beam bundle: setup, start, every element, finish, teardown; (tag, value) out.
+
+    `spec` is the pickled (DoFn, args, kwargs): each bundle unpickles its own DoFn instance, as Beam's workers do, so
+    two threads of one worker never share one DoFn's state."""
+    fn, args, kwargs = pickler.loads(spec)
     out: list = []
     receivers = _TagReceivers(out)
     handler = _OutputHandler(
@@ -192,6 +197,8 @@ class _Visitor(PipelineVisitor):
         return db.from_sequence(list(values), **kwargs)
 
     def _pardo(self, node: AppliedPTransform, inputs: list, outputs: dict) -> None:
+        import dask
+
         transform = node.transform
         if DoFnSignature(transform.fn).is_stateful_dofn():
             raise NotImplementedError(f"the Dask runner cannot run the stateful DoFn of {node.full_label!r}")
@@ -208,9 +215,10 @@ class _Visitor(PipelineVisitor):
             # Unoptimized: an optimized copy would fuse (rename) the upstream tasks and run them a second time.
             whole = self.bags[si.pvalue].reduction(list, _concat, split_every=False)
             side_values.append(whole.to_delayed(optimize_graph=False))
-        pairs = bag.map_partitions(
-            _run_bundle, transform.fn, node.full_label, list(args), dict(kwargs), views, *side_values
-        )
+        # One task holds the pickled DoFn and its arguments, which every bundle task depends on: embedded in each
+        # task, a DoFn with a big config (a query list, a model's path and tables) made graphs of tens of MB.
+        spec = dask.delayed(pickler.dumps((transform.fn, list(args), dict(kwargs))), traverse=False)
+        pairs = bag.map_partitions(_run_bundle, spec, node.full_label, views, *side_values)
         for tag, pc in outputs.items():
             self.bags[pc] = pairs.map_partitions(_with_tag, tag)  # the main output's tag is None, as _MAIN
 

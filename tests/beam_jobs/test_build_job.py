@@ -173,8 +173,7 @@ def test_the_build_runs_on_a_dask_cluster(built, candidates, web_dir, served_web
     served_web.reset()
     out = tmp_path / "dask"
     build.run(
-        _build_args(candidates, out, web_dir)
-        + ["--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"]
+        _build_args(candidates, out, web_dir) + ["--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"]
     )
     assert verify_dataset(out) == []
     assert digests(out) == digests(built)

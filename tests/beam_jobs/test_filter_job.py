@@ -224,6 +224,7 @@ def test_the_filter_on_a_dask_cluster_writes_the_same_bytes(planted: dict, dask_
     argv = [str(planted["dataset"]), "--embeddings", str(planted["emb"]), "--min-clip-score", "0.3",
             "--semdedup-eps", "0.05", "--clusters", "3", "--samples-per-shard", "16"]  # fmt: skip
     filter_job.run([*argv, "--out", str(outs[0])])
-    filter_job.run([*argv, "--out", str(outs[1]), "--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"])
+    on_dask = ["--runner=DaskRunner", f"--dask_client_address={dask_cluster.address}"]
+    filter_job.run([*argv, "--out", str(outs[1]), *on_dask])
     assert verify_dataset(outs[1]) == []
     assert digests(outs[1]) == digests(outs[0])
