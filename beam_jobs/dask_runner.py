@@ -166,8 +166,8 @@ class _Visitor(PipelineVisitor):
             self._set(outputs, self._create(transform.values))
         elif isinstance(transform, _GroupByKeyOnly):
             (bag,) = inputs
-            # A task shuffle keeps its input's partition count (dask ignores npartitions there), so spread the
-            # input first; "disk" would shuffle through one machine's local files, wrong on a real cluster.
+            # A task shuffle keeps its input's partition count (dask ignores npartitions there), so set it first;
+            # "disk" would shuffle through one machine's local files, wrong on a real cluster.
             spread = self._spread(bag)
             self._set(outputs, spread.groupby(_first, shuffle="tasks").map(_group_values))
         elif isinstance(transform, _Reshuffle):
@@ -184,7 +184,12 @@ class _Visitor(PipelineVisitor):
             )
 
     def _spread(self, bag):
-        return bag.repartition(npartitions=max(bag.npartitions, self.shuffle_partitions))
+        # Exactly the shuffle's partition count, whatever the input's: kept, counts grow through every Flatten (a
+        # concat adds its inputs' partitions) and the next shuffle, and the build's ~50 groupings made 600k tasks
+        # from 130 candidates. Fewer partitions coalesce neighbours; more split them.
+        if bag.npartitions == self.shuffle_partitions:
+            return bag
+        return bag.repartition(npartitions=self.shuffle_partitions)
 
     def _set(self, outputs: dict, bag) -> None:
         for pc in outputs.values():

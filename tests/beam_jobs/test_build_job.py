@@ -167,7 +167,6 @@ def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, serve
     assert digests(out) == digests(built)
 
 
-@pytest.mark.slow
 def test_the_build_runs_on_a_dask_cluster(built, candidates, web_dir, served_web, tmp_path, digests, dask_cluster):
     """Both phases on a scheduler and two worker processes: the same dataset as the default runner, byte for byte."""
     served_web.reset()
