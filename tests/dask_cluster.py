@@ -44,8 +44,8 @@ class DaskCluster:
         from dask.distributed import Client
 
         with Client(self.address, timeout=30) as client:
-            info = client.scheduler_info(n_workers=-1)["workers"].values()
-            return {w["name"]: w["pid"] for w in info}
+            names = {address: w["name"] for address, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+            return {names[address]: pid for address, pid in client.run(os.getpid).items() if address in names}
 
     def wait_for_workers(self, n: int, timeout: float = 60) -> None:
         from dask.distributed import Client

@@ -3,7 +3,10 @@
 import functools
 import hashlib
 import io
+import os
+import signal
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dask_cluster import DaskCluster
 from PIL import Image
 
 from beam_jobs import fetch
@@ -23,15 +27,20 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def image_site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("site")
+def _write_site(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(30):
         Image.fromarray(rng.integers(0, 255, (100 + 7 * i, 180, 3), dtype=np.uint8)).save(root / f"{i}.jpg")
     (root / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
-    (root / "private").mkdir()
+    (root / "private").mkdir(exist_ok=True)
     (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_site(tmp_path_factory):
+    root = _write_site(tmp_path_factory.mktemp("site"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -46,7 +55,7 @@ def _digests(root: Path) -> dict[str, str]:
     }
 
 
-def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site):
+def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site, worker_pool):
     urls = [f"{image_site}/{i}.jpg" for i in range(30)]
     urls += [f"{image_site}/missing.jpg", f"{image_site}/private/a.jpg", f"{image_site}/notes.txt", "not a url", ""]
     pq.write_table(
@@ -62,16 +71,7 @@ def test_fetch_job_writes_a_verifiable_reproducible_dataset(tmp_path, image_site
         "8",
     ]
     fetch.run([*args, "--out", str(tmp_path / "a")])
-    fetch.run(
-        [
-            *args,
-            "--out",
-            str(tmp_path / "b"),
-            "--runner=PortableRunner",
-            "--job_endpoint=embed",
-            "--environment_type=LOOPBACK",
-        ]
-    )
+    fetch.run([*args, "--out", str(tmp_path / "b"), *worker_pool.options])  # portable, SDK workers in a pool
 
     assert verify_dataset(tmp_path / "a") == []
     manifest = DatasetManifest.from_json((tmp_path / "a" / "manifest.json").read_text())
@@ -155,10 +155,8 @@ def test_rerun_after_an_interruption_fetches_only_what_is_missing_and_ends_ident
 
 
 def test_a_killed_fetch_job_rerun_gives_the_same_dataset(tmp_path, image_site):
-    import signal
     import subprocess
     import sys
-    import time
 
     urls = [f"{image_site}/{i % 30}.jpg?v={i}" for i in range(120)]
     pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(120)]}), tmp_path / "l.parquet")
@@ -176,3 +174,46 @@ def test_a_killed_fetch_job_rerun_gives_the_same_dataset(tmp_path, image_site):
     assert verify_dataset(tmp_path / "killed") == []
     final = {k: v for k, v in _digests(tmp_path / "killed").items() if ".tmp" not in k}
     assert final == _digests(tmp_path / "whole")
+
+
+class _Slow(_Quiet):
+    def do_GET(self):  # noqa: N802
+        time.sleep(0.1)  # each bucket takes a while, so that a worker dies in the middle of the job
+        super().do_GET()
+
+
+def test_a_dask_worker_killed_mid_fetch_costs_a_retry_not_the_dataset(tmp_path, serve_folder, digests):
+    """SIGKILL one of two workers while buckets are in flight: its nanny starts a new one, the scheduler reruns what
+    was lost, and the dataset is byte for byte the default runner's (a bucket is written whole or not at all)."""
+    site = serve_folder(_write_site(tmp_path / "site"), _Slow)
+    urls = [f"{site}/{i % 30}.jpg?v={i}" for i in range(96)]
+    pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(96)]}), tmp_path / "l.parquet")
+    args = [*_job_args(tmp_path / "l.parquet", threads=2), "--samples-per-shard", "4"]  # 24 buckets
+    fetch.run([*args, "--out", str(tmp_path / "whole")])
+    out = tmp_path / "killed"
+    cluster = DaskCluster(workers=2, folder=tmp_path)
+    try:
+        errors: list[BaseException] = []
+
+        def job() -> None:
+            try:
+                fetch.run([*args, "--out", str(out), "--runner=DaskRunner", f"--dask_client_address={cluster.address}"])
+            except BaseException as e:  # noqa: BLE001 - re-raised by the test below
+                errors.append(e)
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not list((out / "shards").glob(".bucket-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        done_at_kill = len(list((out / "shards").glob(".bucket-*.json")))
+        victim = cluster.worker_pids()["w0"]
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=300)
+        assert not thread.is_alive() and errors == []
+        assert 0 < done_at_kill < 24  # killed mid-job: most buckets were still to come
+        assert cluster.worker_pids().get("w0") not in (None, victim)  # a new process took the name
+    finally:
+        cluster.close()
+    assert verify_dataset(out) == []
+    assert digests(out) == digests(tmp_path / "whole")
