@@ -13,7 +13,10 @@ that read it, shuffles into enough partitions for the cluster, every leaf comput
 transform it cannot run. Only the global window is supported, which is all a batch job of ours uses.
 """
 
+import atexit
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
@@ -75,24 +78,103 @@ class _TagReceiver(Receiver):
         self.out.append((self.tag, windowed_value.value))
 
 
-class _TagReceivers(dict):
+class _ValueReceiver(Receiver):
+    """Collects the values of a ParDo that has one output: no tags, and no task per partition to strip them."""
+
     def __init__(self, out: list):
-        super().__init__()
         self.out = out
 
+    def receive(self, windowed_value: WindowedValue) -> None:
+        self.out.append(windowed_value.value)
+
+
+class _TagReceivers(dict):
+    def __init__(self, out: list, tagged: bool):
+        super().__init__()
+        self.out = out
+        self.tagged = tagged
+
     def __missing__(self, tag):
-        receiver = self[tag] = _TagReceiver(tag, self.out)
+        if self.tagged:
+            receiver = _TagReceiver(tag, self.out)
+        elif tag is _MAIN:
+            receiver = _ValueReceiver(self.out)
+        else:
+            raise ValueError(f"a DoFn output to the undeclared tag {tag!r}; declare it with .with_outputs()")
+        self[tag] = receiver
         return receiver
 
 
-def _run_bundle(items: Iterable, spec: bytes, label: str, views: Sequence, *side_values) -> list:
-    """One dask partition as one Beam bundle: setup, start, every element, finish, teardown; (tag, value) out.
+class _DoFnPool:
+    """Set-up DoFn instances of this worker process, by pickled spec, lent to one bundle at a time.
 
-    `spec` is the pickled (DoFn, args, kwargs): each bundle unpickles its own DoFn instance, as Beam's workers do, so
-    two threads of one worker never share one DoFn's state."""
-    fn, args, kwargs = pickler.loads(spec)
+    Beam's workers reuse a DoFn across bundles and call setup once per instance; so do we. Unpickled and set up per
+    bundle, a DoFn that opens a thread pool or loads a model in setup paid that for each of the thousands of
+    partitions of a job. An instance is lent to one bundle at a time, so two threads of a worker never share one.
+    The least recently used specs are torn down past `MAX_SPECS`, and the rest when the process exits.
+    """
+
+    MAX_SPECS = 64
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: OrderedDict[bytes, list] = OrderedDict()
+
+    def take(self, spec: bytes):
+        with self.lock:
+            instances = self.idle.get(spec)
+            if instances:
+                self.idle.move_to_end(spec)
+                return instances.pop()
+        fn, args, kwargs = pickler.loads(spec)
+        return _Instance(fn, list(args), kwargs)
+
+    def give_back(self, spec: bytes, instance: "_Instance") -> None:
+        with self.lock:
+            self.idle.setdefault(spec, []).append(instance)
+            self.idle.move_to_end(spec)
+            evicted = []
+            while len(self.idle) > self.MAX_SPECS:
+                evicted += self.idle.popitem(last=False)[1]
+        for old in evicted:
+            old.teardown()
+
+    def close(self) -> None:
+        with self.lock:
+            instances = [i for idle in self.idle.values() for i in idle]
+            self.idle.clear()
+        for instance in instances:
+            instance.teardown()
+
+
+class _Instance:
+    """One DoFn, its arguments and whether its setup has run."""
+
+    def __init__(self, fn, args: list, kwargs: dict):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.signature = DoFnSignature(fn)
+        self.ready = False
+
+    def teardown(self) -> None:
+        if self.ready:
+            try:
+                self.fn.teardown()
+            except Exception:  # teardown is best effort in Beam too; a failing one must not stop the others
+                _LOGGER.warning("teardown of %r failed", self.fn, exc_info=True)
+
+
+_POOL = _DoFnPool()
+atexit.register(_POOL.close)
+
+
+def _run_bundle(items: Iterable, spec: bytes, label: str, tagged: bool, views: Sequence, *side_values) -> list:
+    """One dask partition as one Beam bundle: start, every element, finish; (tag, value) out, or values when the
+    ParDo has one output (`tagged` false).
+
+    `spec` is the pickled (DoFn, args, kwargs); the DoFn instance comes from this process's pool, set up once."""
+    instance = _POOL.take(spec)
     out: list = []
-    receivers = _TagReceivers(out)
+    receivers = _TagReceivers(out, tagged)
     handler = _OutputHandler(
         window_fn=GlobalWindows(),
         main_receivers=receivers[_MAIN],
@@ -107,21 +189,27 @@ def _run_bundle(items: Iterable, spec: bytes, label: str, views: Sequence, *side
         for (view_class, view_options), values in zip(views, side_values, strict=True)
     ]
     invoker = DoFnInvoker.create_invoker(
-        DoFnSignature(fn),
+        instance.signature,
         handler,
         context=DoFnContext(label, state=None),
         side_inputs=side_inputs,
-        input_args=list(args),
-        input_kwargs=kwargs,
+        input_args=list(instance.args),  # copies: an invoker may fill side-input placeholders in place
+        input_kwargs=dict(instance.kwargs),
         user_state_context=None,
         bundle_finalizer_param=beam.DoFn.BundleFinalizerParam(),
     )
-    invoker.invoke_setup()
-    invoker.invoke_start_bundle()
-    for item in items:
-        invoker.invoke_process(_global(item))
-    invoker.invoke_finish_bundle()
-    invoker.invoke_teardown()
+    if not instance.ready:
+        invoker.invoke_setup()
+        instance.ready = True
+    try:
+        invoker.invoke_start_bundle()
+        for item in items:
+            invoker.invoke_process(_global(item))
+        invoker.invoke_finish_bundle()
+    except BaseException:
+        instance.teardown()  # a failed bundle's instance may hold half a bundle's state: never lent again
+        raise
+    _POOL.give_back(spec, instance)
     return out
 
 
@@ -223,7 +311,11 @@ class _Visitor(PipelineVisitor):
         # One task holds the pickled DoFn and its arguments, which every bundle task depends on: embedded in each
         # task, a DoFn with a big config (a query list, a model's path and tables) made graphs of tens of MB.
         spec = dask.delayed(pickler.dumps((transform.fn, list(args), dict(kwargs))), traverse=False)
-        pairs = bag.map_partitions(_run_bundle, spec, node.full_label, views, *side_values)
+        tagged = len(outputs) > 1
+        pairs = bag.map_partitions(_run_bundle, spec, node.full_label, tagged, views, *side_values)
+        if not tagged:
+            self._set(outputs, pairs)
+            return
         for tag, pc in outputs.items():
             self.bags[pc] = pairs.map_partitions(_with_tag, tag)  # the main output's tag is None, as _MAIN
 
