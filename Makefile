@@ -40,7 +40,7 @@ format: $(STAMP)
 
 # Hours on 2 cores; each writes benchmarks/results/<name>.json. The side-by-side ones with open_clip need its own
 # venv (torch 2.14.1 + torchvision + open_clip_torch; see benchmarks/README.md): set OPENCLIP_PY.
-BENCHES = fetch sources image_dedup near_dup_quality curate model loader curation_ablation
+BENCHES = fetch sources image_dedup near_dup_quality curate model loader curation_ablation distributed
 OPENCLIP_PY ?= /work/openclip_venv/bin/python
 bench: $(STAMP)
 	for b in $(BENCHES); do $(PY) benchmarks/$$b.py || exit 1; done

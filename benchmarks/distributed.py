@@ -1,6 +1,6 @@
 """`wit build` on one machine's runners and on a Dask cluster of 1 and 2 workers: wall time, speed-up, peak RSS.
 
-    .venv/bin/python benchmarks/distributed.py [--candidates 3000] [--runs 3] [--setups fnapi,fnapi-2,dask-1,dask-2]
+    .venv/bin/python benchmarks/distributed.py [--candidates 10000] [--runs 3] [--setups fnapi,fnapi-2,dask-1,dask-2]
 
 The same URL list for every setup: `--candidates` distinct photos (benchmarks/fetch.py's generator, cached) served
 by nginx from files, every one kept, so the build fetches, decodes, resizes and writes each image (`--no-balance`:
@@ -9,7 +9,10 @@ the synthetic captions name no query-list entry often enough to matter). The set
 - fnapi: the default in-process FnApiRunner (its fetching threads already use both cores);
 - fnapi-2: FnApiRunner with 2 SDK worker processes (--direct_running_mode=multi_processing);
 - dask-1, dask-2: `--runner=DaskRunner` against a `dask scheduler` and 1 or 2 `dask worker --nthreads 1`
-  processes started for each run (outside the timed command, as a user's cluster would already be up).
+  processes started for each run (outside the timed command, as a user's cluster would already be up), worker i
+  pinned to core i (`taskset`): a worker stands for one machine's CPU. Unpinned, one worker's 64 fetching threads
+  already use both cores here, so a second worker on the same two cores could only share them, which says nothing
+  of how the job spreads over machines. The launcher, scheduler and nginx float over both cores.
 
 Peak RSS is sampled from /proc every 0.2 s: of the `wit build` process tree (the launcher; for fnapi the whole job),
 and of each Dask worker's process tree (nanny and worker). The ratio the issue asks for is dask-2 over dask-1.
@@ -178,7 +181,7 @@ def _median(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", type=int, default=3000)
+    parser.add_argument("--candidates", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--setups", default=",".join(SETUPS))
     args = parser.parse_args()

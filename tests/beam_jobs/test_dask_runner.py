@@ -83,6 +83,33 @@ def test_a_group_by_key_from_one_input_spreads_over_the_workers(dask_cluster, tm
     assert len({pid for _, pid in groups}) == 2
 
 
+class _Counted(beam.DoFn):
+    """Notes each setup and each bundle with its worker pid and instance, to count how often setup ran."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def setup(self):
+        _note(id(self), self.folder, "setup")
+
+    def start_bundle(self):
+        _note(id(self), self.folder, "bundle")
+
+    def process(self, x):
+        yield x
+
+
+def test_a_dofn_is_set_up_once_per_worker_and_reused_across_bundles(dask_cluster, tmp_path):
+    out = str(tmp_path)
+    with beam.Pipeline(options=_options(dask_cluster)) as p:
+        _ = p | beam.Create(list(range(40))) | beam.ParDo(_Counted(out)) | beam.Map(_note, out, "out")
+    assert sorted(int(v) for v, _ in _lines(tmp_path, "out")) == list(range(40))
+    bundles, setups = _lines(tmp_path, "bundle"), _lines(tmp_path, "setup")
+    assert len(bundles) == 40  # one task, one bundle per element: Create's partitions hold one unit of work each
+    assert 1 <= len(setups) <= 2  # Beam's rule: setup once per instance, an instance per worker thread here
+    assert {b for b in bundles} <= {s for s in setups}  # every bundle ran on an instance that was set up
+
+
 class _Stateful(beam.DoFn):
     COUNT = beam.transforms.userstate.CombiningValueStateSpec("count", sum)
 
