@@ -38,6 +38,8 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
+from dask.bag.core import groupby_tasks
+from dask.base import tokenize
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -230,6 +232,17 @@ def _first(item: tuple):
     return item[0]
 
 
+def _key_hash(key) -> int:
+    """Where a GroupByKey's key goes (the partition is this mod the partition count): an int key goes round-robin.
+
+    Our units of work are keyed by small ints (a bucket, a spill partition), a few per partition: dask's default
+    hash (a token) threw 40 buckets into 8 partitions unevenly, 2 to 8 each, and the worker with the most fetched
+    long after the other was idle. Other keys keep dask's token, the same in every process."""
+    if type(key) is int:
+        return key
+    return int(tokenize(key), 16)
+
+
 class _Visitor(PipelineVisitor):
     """Builds one dask bag per PCollection, leaf transform by leaf transform."""
 
@@ -257,7 +270,7 @@ class _Visitor(PipelineVisitor):
             # A task shuffle keeps its input's partition count (dask ignores npartitions there), so set it first;
             # "disk" would shuffle through one machine's local files, wrong on a real cluster.
             spread = self._spread(bag)
-            self._set(outputs, spread.groupby(_first, shuffle="tasks").map(_group_values))
+            self._set(outputs, groupby_tasks(spread, _first, hash=_key_hash).map(_group_values))
         elif isinstance(transform, _Reshuffle):
             (bag,) = inputs
             self._set(outputs, self._spread(bag))
