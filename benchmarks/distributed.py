@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import scale
-from fetch import BIN, _tree_rss_mib, image_folder, make_images, timed
+from fetch import BIN, _tree_rss_mib, image_folder, make_images, timed, tree_total
 from nginx import Nginx
 
 ROOT = Path(__file__).resolve().parent
@@ -99,28 +99,15 @@ class Cluster:
         self.log.close()
 
 
+def _cpu_s(entry: Path) -> tuple[int, float]:
+    stat = (entry / "stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of a process and its descendants so far, from /proc/<pid>/stat."""
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        total += cpu.get(pid, 0.0)
-        stack += children.get(pid, [])
-    return total
+    return tree_total(root, _cpu_s)
 
 
 def _free_port() -> int:

@@ -92,27 +92,37 @@ def decode_resize_floor(images: list[bytes]) -> dict:
     return {"median_ms": statistics.median(times), "mean_ms": mean, "floor_images_per_s_2_cores": 2 * 1000 / mean}
 
 
-def _tree_rss_mib(root: int) -> float:
-    """Resident memory of a process and all its descendants, from /proc (0 once they are gone)."""
+def tree_total(root: int, read) -> float:
+    """The sum of `read(/proc/<pid>)` -> (parent pid, value) over a process and all its descendants (0 once gone)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    values: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            status = (entry / "status").read_text()
-        except OSError:
+            parent, value = read(entry)
+        except OSError:  # the process ended while we looked
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         pid = int(entry.name)
-        children.setdefault(int(fields.get("PPid", "0").strip()), []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
-    total, stack = 0, [root]
+        children.setdefault(parent, []).append(pid)
+        values[pid] = value
+    total, stack = 0.0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        total += values.get(pid, 0.0)
         stack += children.get(pid, [])
-    return total / 1024
+    return total
+
+
+def _rss_kib(entry: Path) -> tuple[int, float]:
+    fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
+    rss = int(fields["VmRSS"].split()[0]) if "VmRSS" in fields else 0
+    return int(fields.get("PPid", "0").strip()), rss
+
+
+def _tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants, from /proc."""
+    return tree_total(root, _rss_kib) / 1024
 
 
 def timed(cmd: list[str], env: dict | None = None, log: Path = WORK / "last-stderr.log") -> tuple[float, float]:
