@@ -157,6 +157,8 @@ def test_a_killed_build_rerun_gives_the_same_dataset(built, candidates, web_dir,
     assert digests(out) == digests(built)
 
 
+# Slow (24 s): make test keeps the worker-pool path through fetch and extract, and the build on Dask.
+@pytest.mark.slow
 def test_the_build_runs_on_the_portable_runner(built, candidates, web_dir, served_web, tmp_path, digests, worker_pool):
     """The portable path Flink and Spark take: the work runs in SDK workers of a separate worker-pool process."""
     served_web.reset()
