@@ -7,10 +7,12 @@ Beam's runner (apache_beam.runners.dask, 2.78) translates a pipeline into dask.b
 task), which reruns all the work upstream of it once per partition; (4) keeps a GroupByKey's output in as many
 partitions as its input had and makes Reshuffle a no-op, so a job that starts from a handful of files runs on one
 or two workers; (5) maps transforms it does not know (a source's Read, a stateful DoFn) to an identity that
-silently yields nothing. This module is a subclass, not a fork: the same options and the same bag operations, with
+silently yields nothing; (6) sets a DoFn up and tears it down in every bundle (partition), which Beam's own workers
+do once per instance. This module is a subclass, not a fork: the same options and the same bag operations, with
 a visitor that keeps one bag per output PCollection, a side input computed once as a dask dependency of the tasks
-that read it, shuffles into enough partitions for the cluster, every leaf computed, and a clear error for a
-transform it cannot run. Only the global window is supported, which is all a batch job of ours uses.
+that read it, shuffles into enough partitions for the cluster, every leaf computed, DoFns set up once per worker
+process, and a clear error for a transform it cannot run. Only the global window is supported, which is all a
+batch job of ours uses.
 """
 
 import atexit
@@ -128,8 +130,7 @@ class _DoFnPool:
             if instances:
                 self.idle.move_to_end(spec)
                 return instances.pop()
-        fn, args, kwargs = pickler.loads(spec)
-        return _Instance(fn, list(args), kwargs)
+        return _Instance(*pickler.loads(spec))
 
     def give_back(self, spec: bytes, instance: "_Instance") -> None:
         with self.lock:
@@ -152,7 +153,7 @@ class _DoFnPool:
 class _Instance:
     """One DoFn, its arguments and whether its setup has run."""
 
-    def __init__(self, fn, args: list, kwargs: dict):
+    def __init__(self, fn, args: Sequence, kwargs: dict):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.signature = DoFnSignature(fn)
         self.ready = False

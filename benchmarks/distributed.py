@@ -20,64 +20,60 @@ Results go to benchmarks/results/distributed.json, medians over `--runs`.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import scale
+# This file's name shadows the `distributed` package that dask.distributed imports: look in its folder last.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))
+
+import scale  # noqa: E402 - after the path is set
 from fetch import BIN, _tree_rss_mib, image_folder, make_images, timed, tree_total
-from nginx import Nginx
+from nginx import Nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _tests_module(name: str):
+    """A helper module of tests/, by its file: tests/ on the path would shadow our packages with its own folders."""
+    spec = importlib.util.spec_from_file_location(name, ROOT.parent / "tests" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DaskCluster = _tests_module("dask_cluster").DaskCluster
 WORK = ROOT / "work" / "distributed"
 RESULTS = ROOT / "results" / "distributed.json"
 TARGETS = {"dask_2_over_1_at_least": 1.6}
 SETUPS = ("fnapi", "fnapi-2", "dask-1", "dask-2")
 
 
-class Cluster:
-    """A scheduler and `workers` single-thread workers on loopback; the peak RSS of each worker's process tree."""
+class Cluster(DaskCluster):
+    """The tests' loopback cluster, worker i pinned to core i; the peak RSS and CPU of each worker's process tree."""
 
     def __init__(self, workers: int):
-        dask = str(BIN / "dask")
-        self.port = _free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.log = open(WORK / "dask.log", "ab")  # noqa: SIM115 - closed in close()
-        self.procs = [self._start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port)])]
-        # Worker i on core i alone: a worker stands for one machine's worth of CPU. Unpinned, one worker's fetching
-        # threads already use both cores of this machine, and a second worker could only compete with it.
-        cores = sorted(os.sched_getaffinity(0))
-        self.workers = []
-        for i in range(workers):
-            pin = ["taskset", "-c", str(cores[i % len(cores)])]
-            self.workers.append(self._start([*pin, dask, "worker", self.address, "--nthreads", "1", "--name", f"w{i}"]))
-        self.procs += self.workers
-        self._wait(workers)
+        # A worker stands for one machine's worth of CPU. Unpinned, one worker's fetching threads already use both
+        # cores of this machine, and a second worker could only compete with it.
+        self.cores = sorted(os.sched_getaffinity(0))
+        super().__init__(workers, folder=WORK)
         self.peaks = [0.0] * workers
         self.cpu_s = [0.0] * workers
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
-    def _start(self, cmd: list[str]) -> subprocess.Popen:
-        return subprocess.Popen([*cmd, "--no-dashboard"], stdout=self.log, stderr=subprocess.STDOUT, cwd=WORK)
-
-    def _wait(self, n: int) -> None:
-        # In a child process: this script's folder is first on our path, and its name shadows the `distributed`
-        # package that dask.distributed imports.
-        code = (
-            "import sys; from distributed import Client; "
-            "Client(sys.argv[1], timeout=60).wait_for_workers(int(sys.argv[2]))"
-        )
-        subprocess.run([sys.executable, "-c", code, self.address, str(n)], check=True, cwd=WORK, timeout=120)
+    def launcher(self, name: str) -> list[str]:
+        return ["taskset", "-c", str(self.cores[int(name.removeprefix("w")) % len(self.cores)])]
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -89,14 +85,7 @@ class Cluster:
     def close(self) -> None:
         self._stop.set()
         self._sampler.join()
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.log.close()
+        super().close()
 
 
 def _cpu_s(entry: Path) -> tuple[int, float]:
@@ -108,14 +97,6 @@ def _cpu_s(entry: Path) -> tuple[int, float]:
 def _tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of a process and its descendants so far, from /proc/<pid>/stat."""
     return tree_total(root, _cpu_s)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_cmd(urls: Path, out: Path) -> list[str]:

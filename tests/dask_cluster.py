@@ -37,7 +37,11 @@ class DaskCluster:
 
     def start_worker(self, name: str) -> subprocess.Popen:
         cmd = [DASK, "worker", self.address, "--nthreads", "1", "--name", name, "--death-timeout", "60"]
-        return self._start(cmd, name)
+        return self._start([*self.launcher(name), *cmd], name)
+
+    def launcher(self, name: str) -> list[str]:
+        """What a worker's command is run under (benchmarks pin each worker to a core with taskset)."""
+        return []
 
     def worker_pids(self) -> dict[str, int]:
         """{worker name: pid of the process that runs its tasks} (a nanny's child, not the nanny itself)."""

@@ -107,7 +107,7 @@ def test_a_dofn_is_set_up_once_per_worker_and_reused_across_bundles(dask_cluster
     bundles, setups = _lines(tmp_path, "bundle"), _lines(tmp_path, "setup")
     assert len(bundles) == 40  # one task, one bundle per element: Create's partitions hold one unit of work each
     assert 1 <= len(setups) <= 2  # Beam's rule: setup once per instance, an instance per worker thread here
-    assert {b for b in bundles} <= {s for s in setups}  # every bundle ran on an instance that was set up
+    assert set(bundles) <= set(setups)  # every bundle ran on an instance that was set up
 
 
 class _Stateful(beam.DoFn):
