@@ -8,25 +8,29 @@ task), which reruns all the work upstream of it once per partition; (4) keeps a 
 partitions as its input had and makes Reshuffle a no-op, so a job that starts from a handful of files runs on one
 or two workers; (5) maps transforms it does not know (a source's Read, a stateful DoFn) to an identity that
 silently yields nothing; (6) sets a DoFn up and tears it down in every bundle (partition), which Beam's own workers
-do once per instance. This module is a subclass, not a fork: the same options and the same bag operations, with
-a visitor that keeps one bag per output PCollection, a side input computed once as a dask dependency of the tasks
-that read it, shuffles into enough partitions for the cluster, every leaf computed, DoFns set up once per worker
-process, and a clear error for a transform it cannot run. Only the global window is supported, which is all a
-batch job of ours uses.
+do once per instance; (7) runs each ParDo as its own task per partition and every GroupByKey as a shuffle of n^2
+tasks, and at a few ms of the scheduler's time a task, a build's phase of small records was mostly that overhead.
+This module is a subclass, not a fork: the same options and the same bag operations, with a visitor that keeps one
+bag per output PCollection, a side input computed once as a dask dependency of the tasks that read it, shuffles
+into enough partitions for the cluster, every leaf computed, DoFns set up once per worker process
+(beam_jobs.dask_bundles), a chain of ParDos fused into one task per partition (as Beam's runners fuse stages), a
+grouping our transforms mark small (pipeline.hints) gathered in one task, and a clear error for a transform it
+cannot run. Only the global window is supported, which is all a batch job of ours uses.
 """
 
-import atexit
 import logging
-import threading
-from collections import OrderedDict
+import operator
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
-from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
+from apache_beam.runners.common import DoFnSignature
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask.overrides import (
     _Create,
@@ -37,11 +41,13 @@ from apache_beam.runners.dask.overrides import (
     dask_overrides,
 )
 from apache_beam.runners.runner import PipelineState
-from apache_beam.transforms.sideinputs import SideInputMap
-from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 from dask.bag.core import groupby_tasks
 from dask.base import tokenize
+
+from beam_jobs.dask_bundles import Stage, run_chain, with_tag
+from pipeline.hints import SMALL_GROUPING
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,8 +58,6 @@ QUALIFIED_NAME = f"{__name__}.DaskRunner"
 # Partitions per worker thread for a shuffle's output: a few per thread balance uneven groups without making
 # thousands of tiny tasks.
 PARTITIONS_PER_THREAD = 4
-
-_MAIN = None  # the tag of a ParDo's main output
 
 
 class WitDaskOptions(PipelineOptions):
@@ -67,159 +71,6 @@ class WitDaskOptions(PipelineOptions):
         )
 
 
-def _global(value) -> WindowedValue:
-    return WindowedValue(value, 0, (GlobalWindow(),))
-
-
-class _TagReceiver(Receiver):
-    """Collects a DoFn's outputs as (tag, value): the tag decides which output bag a value goes to."""
-
-    def __init__(self, tag, out: list):
-        self.tag = tag
-        self.out = out
-
-    def receive(self, windowed_value: WindowedValue) -> None:
-        self.out.append((self.tag, windowed_value.value))
-
-
-class _ValueReceiver(Receiver):
-    """Collects the values of a ParDo that has one output: no tags, and no task per partition to strip them."""
-
-    def __init__(self, out: list):
-        self.out = out
-
-    def receive(self, windowed_value: WindowedValue) -> None:
-        self.out.append(windowed_value.value)
-
-
-class _TagReceivers(dict):
-    def __init__(self, out: list, tagged: bool):
-        super().__init__()
-        self.out = out
-        self.tagged = tagged
-
-    def __missing__(self, tag):
-        if self.tagged:
-            receiver = _TagReceiver(tag, self.out)
-        elif tag is _MAIN:
-            receiver = _ValueReceiver(self.out)
-        else:
-            raise ValueError(f"a DoFn output to the undeclared tag {tag!r}; declare it with .with_outputs()")
-        self[tag] = receiver
-        return receiver
-
-
-class _DoFnPool:
-    """Set-up DoFn instances of this worker process, by pickled spec, lent to one bundle at a time.
-
-    Beam's workers reuse a DoFn across bundles and call setup once per instance; so do we. Unpickled and set up per
-    bundle, a DoFn that opens a thread pool or loads a model in setup paid that for each of the thousands of
-    partitions of a job. An instance is lent to one bundle at a time, so two threads of a worker never share one.
-    The least recently used specs are torn down past `MAX_SPECS`, and the rest when the process exits.
-    """
-
-    MAX_SPECS = 64
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.idle: OrderedDict[bytes, list] = OrderedDict()
-
-    def take(self, spec: bytes):
-        with self.lock:
-            instances = self.idle.get(spec)
-            if instances:
-                self.idle.move_to_end(spec)
-                return instances.pop()
-        return _Instance(*pickler.loads(spec))
-
-    def give_back(self, spec: bytes, instance: "_Instance") -> None:
-        with self.lock:
-            self.idle.setdefault(spec, []).append(instance)
-            self.idle.move_to_end(spec)
-            evicted = []
-            while len(self.idle) > self.MAX_SPECS:
-                evicted += self.idle.popitem(last=False)[1]
-        for old in evicted:
-            old.teardown()
-
-    def close(self) -> None:
-        with self.lock:
-            instances = [i for idle in self.idle.values() for i in idle]
-            self.idle.clear()
-        for instance in instances:
-            instance.teardown()
-
-
-class _Instance:
-    """One DoFn, its arguments and whether its setup has run."""
-
-    def __init__(self, fn, args: Sequence, kwargs: dict):
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-        self.signature = DoFnSignature(fn)
-        self.ready = False
-
-    def teardown(self) -> None:
-        if self.ready:
-            try:
-                self.fn.teardown()
-            except Exception:  # teardown is best effort in Beam too; a failing one must not stop the others
-                _LOGGER.warning("teardown of %r failed", self.fn, exc_info=True)
-
-
-_POOL = _DoFnPool()
-atexit.register(_POOL.close)
-
-
-def _run_bundle(items: Iterable, spec: bytes, label: str, tagged: bool, views: Sequence, *side_values) -> list:
-    """One dask partition as one Beam bundle: start, every element, finish; (tag, value) out, or values when the
-    ParDo has one output (`tagged` false).
-
-    `spec` is the pickled (DoFn, args, kwargs); the DoFn instance comes from this process's pool, set up once."""
-    instance = _POOL.take(spec)
-    out: list = []
-    receivers = _TagReceivers(out, tagged)
-    handler = _OutputHandler(
-        window_fn=GlobalWindows(),
-        main_receivers=receivers[_MAIN],
-        tagged_receivers=receivers,
-        per_element_output_counter=None,
-        output_batch_converter=None,
-        process_yields_batches=False,
-        process_batch_yields_elements=False,
-    )
-    side_inputs = [
-        SideInputMap(view_class, view_options, [_global(v) for v in values])
-        for (view_class, view_options), values in zip(views, side_values, strict=True)
-    ]
-    invoker = DoFnInvoker.create_invoker(
-        instance.signature,
-        handler,
-        context=DoFnContext(label, state=None),
-        side_inputs=side_inputs,
-        input_args=list(instance.args),  # copies: an invoker may fill side-input placeholders in place
-        input_kwargs=dict(instance.kwargs),
-        user_state_context=None,
-        bundle_finalizer_param=beam.DoFn.BundleFinalizerParam(),
-    )
-    if not instance.ready:
-        invoker.invoke_setup()
-        instance.ready = True
-    try:
-        invoker.invoke_start_bundle()
-        for item in items:
-            invoker.invoke_process(_global(item))
-        invoker.invoke_finish_bundle()
-    except BaseException:
-        instance.teardown()  # a failed bundle's instance may hold half a bundle's state: never lent again
-        raise
-    _POOL.give_back(spec, instance)
-    return out
-
-
-def _with_tag(pairs: Iterable[tuple], tag) -> list:
-    return [value for t, value in pairs if t == tag]
-
-
 def _concat(parts: Iterable[list]) -> list:
     return [value for part in parts for value in part]
 
@@ -227,6 +78,28 @@ def _concat(parts: Iterable[list]) -> list:
 def _group_values(kv: tuple) -> tuple:
     key, items = kv  # (key, WindowedValue) pairs from the GroupByKey's ReifyWindows step
     return key, [wv.value if isinstance(wv, WindowedValue) else wv for _, wv in items]
+
+
+def _gather_groups(parts: Iterable[list], partitions: int) -> list[list]:
+    """A small grouping's every (key, WindowedValue) pair, grouped in one task: `partitions` lists of (key, values),
+    a key in the partition that a shuffle would give it."""
+    groups: dict = {}
+    for part in parts:
+        for key, wv in part:
+            groups.setdefault(key, []).append(wv.value if isinstance(wv, WindowedValue) else wv)
+    out: list[list] = [[] for _ in range(partitions)]
+    for key, values in groups.items():
+        out[_key_hash(key) % partitions].append((key, values))
+    return out
+
+
+def _is_small(node: AppliedPTransform) -> bool:
+    """Whether the grouping, or a transform it is part of, says it carries few, small records (pipeline.hints)."""
+    while node is not None:
+        if SMALL_GROUPING in (node.annotations or {}):
+            return True
+        node = node.parent
+    return False
 
 
 def _first(item: tuple):
@@ -244,30 +117,60 @@ def _key_hash(key) -> int:
     return int(tokenize(key), 16)
 
 
-class _Visitor(PipelineVisitor):
-    """Builds one dask bag per PCollection, leaf transform by leaf transform."""
+class _Consumers(PipelineVisitor):
+    """How many transforms read each PCollection, as a main or a side input."""
 
-    def __init__(self, bag_kwargs: dict, shuffle_partitions: int):
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+    def visit_transform(self, node: AppliedPTransform) -> None:
+        self.counts.update(p for p in node.inputs if isinstance(p, pvalue.PCollection))
+        self.counts.update(si.pvalue for si in node.side_inputs)
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """ParDos not yet made into a bag: those of a PCollection that one ParDo reads join that ParDo's chain."""
+
+    source: object  # the bag the first ParDo reads
+    select: tuple  # (tag,) when that bag holds the (tag, value) pairs of a ParDo with several outputs
+    stages: tuple[Stage, ...]
+    args: tuple  # each stage's spec and side values, in order
+
+
+class _Visitor(PipelineVisitor):
+    """Builds one dask bag per PCollection, leaf transform by leaf transform; a ParDo whose output only one ParDo
+    reads is fused with it into one task per partition (the chain is made a bag when something else reads it)."""
+
+    def __init__(self, bag_kwargs: dict, shuffle_partitions: int, consumers: Counter):
         self.bag_kwargs = bag_kwargs
         self.shuffle_partitions = shuffle_partitions
+        self.consumers = consumers
         self.bags: dict[pvalue.PCollection, object] = {}
-        self.consumed: set[pvalue.PCollection] = set()
+        self.chains: dict[pvalue.PCollection, _Chain] = {}
+        self.tagged: dict[pvalue.PCollection, tuple] = {}  # an output of a multi-output ParDo: (its pairs, tag)
+        self.produced: list[pvalue.PCollection] = []
 
     def visit_transform(self, node: AppliedPTransform) -> None:
         transform = node.transform
-        inputs = [self.bags[p] for p in node.inputs if isinstance(p, pvalue.PCollection)]
-        self.consumed.update(p for p in node.inputs if isinstance(p, pvalue.PCollection))
-        self.consumed.update(si.pvalue for si in node.side_inputs)
+        main = [p for p in node.inputs if isinstance(p, pvalue.PCollection)]
         outputs = {tag: pc for tag, pc in node.outputs.items() if isinstance(pc, pvalue.PCollection)}
+        self.produced.extend(outputs.values())
+        if isinstance(transform, beam.ParDo) and not isinstance(transform, _GroupAlsoByWindow):
+            (pc,) = main
+            self._pardo(node, pc, outputs)
+            return
+        inputs = [self.bag(p) for p in main]
         if isinstance(transform, _GroupAlsoByWindow):
             (bag,) = inputs  # the grouping itself already dropped the (global) windows
             self._set(outputs, bag)
-        elif isinstance(transform, beam.ParDo):
-            self._pardo(node, inputs, outputs)
         elif isinstance(transform, _Create):
             self._set(outputs, self._create(transform.values))
         elif isinstance(transform, _GroupByKeyOnly):
             (bag,) = inputs
+            if _is_small(node):
+                self._set(outputs, self._gather(bag))
+                return
             # A task shuffle keeps its input's partition count (dask ignores npartitions there), so set it first;
             # "disk" would shuffle through one machine's local files, wrong on a real cluster.
             spread = self._spread(bag)
@@ -285,6 +188,16 @@ class _Visitor(PipelineVisitor):
                 "run this job on the default runner"
             )
 
+    def bag(self, pc: pvalue.PCollection):
+        """The bag of a PCollection; a pending chain or one output of a multi-output ParDo is made one now."""
+        if pc not in self.bags:
+            if pc in self.chains:
+                self.bags[pc] = self._run(self.chains.pop(pc))
+            else:
+                pairs, tag = self.tagged.pop(pc)
+                self.bags[pc] = pairs.map_partitions(with_tag, tag)
+        return self.bags[pc]
+
     def _spread(self, bag):
         # Exactly the shuffle's partition count, whatever the input's: kept, counts grow through every Flatten (a
         # concat adds its inputs' partitions) and the next shuffle, and the build's ~50 groupings made 600k tasks
@@ -292,6 +205,19 @@ class _Visitor(PipelineVisitor):
         if bag.npartitions == self.shuffle_partitions:
             return bag
         return bag.repartition(npartitions=self.shuffle_partitions)
+
+    def _gather(self, bag):
+        # A task shuffle of n partitions is n^2 + 3n tasks, each a few ms of the scheduler's time however little it
+        # moves: the ~30 groupings of spill paths and counts in a build were most of its dedup phase's 5,000 tasks.
+        # Grouped in one task, the same grouping is n + 1 tasks, and its records are paths and counts.
+        from dask.bag import Bag
+        from dask.highlevelgraph import HighLevelGraph
+
+        n = self.shuffle_partitions
+        whole = bag.reduction(list, partial(_gather_groups, partitions=n), split_every=False)
+        name = f"gathered-{tokenize(whole.key, n)}"
+        layer = {(name, i): (operator.getitem, whole.key, i) for i in range(n)}
+        return Bag(HighLevelGraph.from_collections(name, layer, dependencies=[whole]), name, n)
 
     def _set(self, outputs: dict, bag) -> None:
         for pc in outputs.values():
@@ -303,13 +229,32 @@ class _Visitor(PipelineVisitor):
         kwargs = self.bag_kwargs or {"partition_size": 1}  # our Creates list units of work: one task each
         return db.from_sequence(list(values), **kwargs)
 
-    def _pardo(self, node: AppliedPTransform, inputs: list, outputs: dict) -> None:
-        import dask
-
+    def _pardo(self, node: AppliedPTransform, pc: pvalue.PCollection, outputs: dict) -> None:
         transform = node.transform
         if DoFnSignature(transform.fn).is_stateful_dofn():
             raise NotImplementedError(f"the Dask runner cannot run the stateful DoFn of {node.full_label!r}")
-        (bag,) = inputs
+        tagged = len(outputs) > 1
+        stage, args = self._stage(node, tagged)
+        if pc in self.chains and self.consumers[pc] == 1:
+            before = self.chains.pop(pc)  # read by this ParDo alone: one task does both
+        elif pc in self.tagged:
+            pairs, tag = self.tagged[pc]
+            before = _Chain(pairs, (tag,), (), ())
+        else:
+            before = _Chain(self.bag(pc), (), (), ())
+        chain = _Chain(before.source, before.select, (*before.stages, stage), (*before.args, *args))
+        if not tagged:
+            (out,) = outputs.values()
+            self.chains[out] = chain
+            return
+        pairs = self._run(chain)
+        for tag, out in outputs.items():
+            self.tagged[out] = (pairs, tag)  # the main output's tag is None, as dask_bundles.MAIN
+
+    def _stage(self, node: AppliedPTransform, tagged: bool) -> tuple[Stage, list]:
+        import dask
+
+        transform = node.transform
         args, kwargs = transform.args, transform.kwargs  # side inputs replaced by placeholders the invoker fills
         views, side_values = [], []
         for si in node.side_inputs:
@@ -320,26 +265,26 @@ class _Visitor(PipelineVisitor):
             # A bag reduction, not a delayed over the bag's partitions: dask culls the whole graph once per delayed
             # argument, which a job with hundreds of partitions and stages takes minutes to build.
             # Unoptimized: an optimized copy would fuse (rename) the upstream tasks and run them a second time.
-            whole = self.bags[si.pvalue].reduction(list, _concat, split_every=False)
+            whole = self.bag(si.pvalue).reduction(list, _concat, split_every=False)
             side_values.append(whole.to_delayed(optimize_graph=False))
         # One task holds the pickled DoFn and its arguments, which every bundle task depends on: embedded in each
         # task, a DoFn with a big config (a query list, a model's path and tables) made graphs of tens of MB.
         spec = dask.delayed(pickler.dumps((transform.fn, list(args), dict(kwargs))), traverse=False)
-        tagged = len(outputs) > 1
-        pairs = bag.map_partitions(_run_bundle, spec, node.full_label, tagged, views, *side_values)
-        if not tagged:
-            self._set(outputs, pairs)
-            return
-        for tag, pc in outputs.items():
-            self.bags[pc] = pairs.map_partitions(_with_tag, tag)  # the main output's tag is None, as _MAIN
+        return Stage(node.full_label, tagged, tuple(views), len(side_values)), [spec, *side_values]
+
+    @staticmethod
+    def _run(chain: _Chain):
+        return chain.source.map_partitions(run_chain, chain.select, chain.stages, *chain.args)
 
     def leaves(self) -> list:
         """The bags nobody reads: computing them all runs every sink (their shared parents once)."""
         seen, out = set(), []
-        for pc, bag in self.bags.items():
-            if pc not in self.consumed and bag.name not in seen:
-                seen.add(bag.name)
-                out.append(bag)
+        for pc in self.produced:
+            if self.consumers[pc] == 0:
+                bag = self.bag(pc)
+                if bag.name not in seen:
+                    seen.add(bag.name)
+                    out.append(bag)
         return out
 
 
@@ -358,7 +303,9 @@ class DaskRunner(beam_dask.DaskRunner):
             partitions = PARTITIONS_PER_THREAD * max(1, sum(client.nthreads().values()))
         try:
             pipeline.replace_all(dask_overrides())
-            visitor = _Visitor(bag_kwargs, partitions)
+            consumers = _Consumers()
+            pipeline.visit(consumers)
+            visitor = _Visitor(bag_kwargs, partitions, consumers.counts)
             pipeline.visit(visitor)
         except Exception:
             client.close()

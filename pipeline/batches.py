@@ -16,6 +16,8 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
+from pipeline.hints import small_grouping
+
 # Rows a source puts in one batch: large enough that per-element costs vanish, small enough for a bundle.
 BATCH_ROWS = 2000
 # Rows a shuffle partition holds at most on average: what a worker keeps in memory while judging one.
@@ -60,7 +62,9 @@ class CountRows(beam.PTransform):
     """PCollection of Rows -> one int: how many rows in all."""
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        return batches | "Len" >> beam.Map(len) | "Sum" >> beam.CombineGlobally(sum)
+        lengths = batches | "Len" >> beam.Map(len)
+        with small_grouping(batches.pipeline):  # one int per batch
+            return lengths | "Sum" >> beam.CombineGlobally(sum)
 
 
 class PartitionRows(beam.PTransform):

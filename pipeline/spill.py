@@ -26,6 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import fsio
 from pipeline.batches import partition_of, partitions_for
+from pipeline.hints import small_grouping
 
 # A partition's buffer goes to a file when it reaches this many bytes: files of a few MB are cheap to list and read.
 FILE_BYTES = 4 << 20
@@ -133,11 +134,9 @@ class Spill(beam.PTransform):
         paths = [pcoll | f"Write{i}" >> beam.ParDo(dofn) for i, pcoll in enumerate(inputs)]
         if len(paths) > 1:
             paths = [paths | "Paths" >> beam.Flatten()]
-        return (
-            paths[0]
-            | "GroupPaths" >> beam.GroupByKey()
-            | "Sorted" >> beam.MapTuple(lambda partition, paths: (partition, sorted(paths)))
-        )
+        with small_grouping(paths[0].pipeline):  # a few paths per bundle and partition, not the items
+            grouped = paths[0] | "GroupPaths" >> beam.GroupByKey()
+        return grouped | "Sorted" >> beam.MapTuple(lambda partition, paths: (partition, sorted(paths)))
 
 
 def key_partition(key: Any, partitions: int) -> int:

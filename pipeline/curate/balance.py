@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import fsio
 from pipeline.batches import Rows, SumCounts, emit, partition_of, partitions_for
 from pipeline.counters import Counters
+from pipeline.hints import small_grouping
 from pipeline.rejection import rejection_row
 from pipeline.shards import PARQUET_OPTIONS, write_file_atomic
 from pipeline.spill import Spill, read_spilled
@@ -313,11 +314,9 @@ class BalanceQueries(beam.PTransform):
         # The counts reach every worker whole, as one dict side input: fine up to ~500k entries (MetaCLIP's list);
         # a much longer list would want a join (CoGroupByKey per entry) instead. Each batch is counted first, so
         # what is combined is one Counter per batch, not one element per match.
-        before = (
-            matched.matched
-            | "EntriesBefore" >> beam.Map(entry_counts)
-            | "CountBefore" >> beam.CombineGlobally(SumCounts())
-        )
+        entries = matched.matched | "EntriesBefore" >> beam.Map(entry_counts)
+        with small_grouping(entries.pipeline):  # one Counter per batch
+            before = entries | "CountBefore" >> beam.CombineGlobally(SumCounts())
         spilled = (
             matched.matched
             | "ToPartition" >> beam.Map(_spill_partition, self.partitions)
@@ -326,9 +325,9 @@ class BalanceQueries(beam.PTransform):
         sampled = spilled | "Sample" >> beam.ParDo(_Sample(self.cfg), beam.pvalue.AsSingleton(before)).with_outputs(
             REJECTED, main="kept"
         )
-        after = (
-            sampled.kept | "EntriesAfter" >> beam.Map(entry_counts) | "CountAfter" >> beam.CombineGlobally(SumCounts())
-        )
+        entries = sampled.kept | "EntriesAfter" >> beam.Map(entry_counts)
+        with small_grouping(entries.pipeline):
+            after = entries | "CountAfter" >> beam.CombineGlobally(SumCounts())
         return BalanceOutputs(sampled.kept, (matched[REJECTED], sampled[REJECTED]), before, after)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline.hints import small_grouping
 from pipeline.spill import SHUFFLE, Grouping
 
 Edge = tuple[Any, Any]  # two nodes; Beam needs the pair spelled out to accept it as (key, value)
@@ -253,18 +254,14 @@ class ConnectedComponents(beam.PTransform):
         checked = batches | "CheckGroup" >> self.grouping.store("CheckGroup")
         roles = checked | "Roles" >> beam.ParDo(_JudgeStars(n, self.grouping)).with_outputs("unsettled", main="roles")
         by_node = roles.roles | "GroupRoles" >> self.grouping.store("GroupRoles")
-        unsettled = beam.pvalue.AsSingleton(
-            (roles.unsettled, by_node | "CountUnsettled" >> beam.FlatMap(_unsettled_roles, self.grouping))
-            | "Unsettled" >> beam.Flatten()
-            | beam.CombineGlobally(sum)
-        )
+        counts = (roles.unsettled, by_node | "CountUnsettled" >> beam.FlatMap(_unsettled_roles, self.grouping))
+        with small_grouping(batches.pipeline):  # a count per partition
+            unsettled = beam.pvalue.AsSingleton(counts | "Unsettled" >> beam.Flatten() | beam.CombineGlobally(sum))
         settled = by_node | "IfSettled" >> beam.FlatMap(_if_settled, self.grouping, unsettled)
-        finished = (
-            checked
-            | "IfUnsettled" >> beam.FlatMap(_if_unsettled, self.grouping, unsettled)
-            | "Gather" >> beam.GroupByKey()
-            | "Finish" >> beam.ParDo(_Finish(self.rounds, self.fallback_cap))
-        )
+        leftover = checked | "IfUnsettled" >> beam.FlatMap(_if_unsettled, self.grouping, unsettled)
+        with small_grouping(batches.pipeline):  # one key: the fallback brings its (capped) edges to one place anyway
+            gathered = leftover | "Gather" >> beam.GroupByKey()
+        finished = gathered | "Finish" >> beam.ParDo(_Finish(self.rounds, self.fallback_cap))
         if not self.flatten:
             return settled, finished
         return (settled, finished) | "Labels" >> beam.Flatten()

@@ -133,3 +133,42 @@ def test_the_runner_is_chosen_by_its_short_name():
         f"--runner={DASK_RUNNER}"
     ]
     assert _dask_runner_by_name(["--runner=FnApiRunner"]) == ["--runner=FnApiRunner"]
+
+
+def _task_of(x, folder: str, name: str):
+    """Notes the dask task an element is processed in."""
+    from distributed import get_worker
+
+    return _note((x, get_worker().get_current_task()), folder, name)[0]
+
+
+def test_a_chain_of_pardos_runs_as_one_task_per_partition(dask_cluster, tmp_path):
+    out = str(tmp_path)
+    with beam.Pipeline(options=_options(dask_cluster)) as p:
+        first = p | beam.Create(list(range(12))) | "First" >> beam.Map(_task_of, out, "first")
+        _ = first | "Branch" >> beam.Map(_note, out, "branch")  # a second reader: First is not fused into either
+        _ = first | "Second" >> beam.Map(_task_of, out, "second") | "Third" >> beam.Map(_task_of, out, "third")
+    tasks = {}
+    for name in ("first", "second", "third"):
+        lines = [eval(v) for v, _ in _lines(tmp_path, name)]  # noqa: S307 - our own repr
+        assert sorted(x for x, _ in lines) == list(range(12))  # once per element, though First is read twice
+        tasks[name] = dict(lines)
+    assert sorted(int(v) for v, _ in _lines(tmp_path, "branch")) == list(range(12))
+    assert all(tasks["second"][x] == tasks["third"][x] for x in range(12))  # one task runs both
+    assert all(tasks["first"][x] != tasks["second"][x] for x in range(12))
+
+
+def test_a_grouping_marked_small_gives_the_groups_a_shuffle_gives(dask_cluster):
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.hints import small_grouping
+
+    pairs = [(k % 7, k) for k in range(70)]
+    expected = [(k, sorted(v for kk, v in pairs if kk == k)) for k in range(7)]
+    with beam.Pipeline(options=_options(dask_cluster)) as p:
+        src = p | beam.Create(pairs)
+        with small_grouping(p):
+            small = src | "Small" >> beam.GroupByKey()
+        big = src | "Big" >> beam.GroupByKey()
+        assert_that(small | "SortS" >> beam.MapTuple(lambda k, v: (k, sorted(v))), equal_to(expected), label="S")
+        assert_that(big | "SortB" >> beam.MapTuple(lambda k, v: (k, sorted(v))), equal_to(expected), label="B")
