@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipmodel import stages
+from clipmodel import stages, transform
 from clipmodel.shardlist import (
     ShardInfo,
     equal_batches,
@@ -52,6 +52,7 @@ from clipmodel.shardlist import (
 )
 from clipmodel.stages import Batch, Tokenize
 from clipmodel.tarstream import REPEATED, Counters
+from clipmodel.train_config import AUGMENTATIONS
 
 CONTEXT_LENGTH = 77
 # Stream ids under one (seed, epoch, slot): independent generators for each use.
@@ -75,11 +76,15 @@ class DataConfig:
     drop_last: bool | None = None  # drop each worker's last partial batch; None: when training
     prefetch_factor: int = 4  # batches each worker prepares ahead
     context_length: int = CONTEXT_LENGTH
+    augment: tuple[str, ...] = ()  # training only: transform.AUGMENTATIONS applied at random after the crop
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "datasets", (self.datasets,) if isinstance(self.datasets, str) else tuple(self.datasets)
         )
+        object.__setattr__(self, "augment", tuple(self.augment))
+        if unknown := set(self.augment) - set(AUGMENTATIONS):
+            raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
         if not self.datasets:
@@ -226,8 +231,9 @@ class ShardDataset(IterableDataset):
         buffer_rng = make_rng(cfg.seed, epoch, slot, _BUFFER_RNG)
         raw = self._passes(pieces, passes, cfg.shuffle_buffer if cfg.train else 0, buffer_rng, counters)
         crop_rng = make_rng(cfg.seed, epoch, slot, _CROP_RNG) if cfg.train else None
-        numbered = stages.number(raw, skip, crop_rng)
-        decoded = stages.decode(numbered, cfg.resolution, counters)
+        augment = cfg.augment if cfg.train else ()
+        numbered = stages.number(raw, skip, crop_rng, transform.variants(augment))
+        decoded = stages.decode(numbered, cfg.resolution, counters, augment)
         in_worker = get_worker_info() is not None
         batches = stages.batch(
             decoded, cfg.batch_size, self.tokenize, counters, worker=role, drop_last=self.drop_last, shared=in_worker
@@ -361,6 +367,7 @@ def make_loader(
     drop_last: bool | None = None,
     prefetch_factor: int = 4,
     pin_memory: bool | None = None,
+    augment: Sequence[str] = (),
 ) -> ShardLoader:
     """A ShardLoader over one or more datasets (paths or fsspec URLs); see the module docstring and DataConfig.
 
@@ -380,5 +387,6 @@ def make_loader(
         equalize=equalize,
         drop_last=drop_last,
         prefetch_factor=prefetch_factor,
+        augment=tuple(augment),
     )
     return build_loader(config, tokenize=tokenize, rank=rank, world_size=world_size, pin_memory=pin_memory)

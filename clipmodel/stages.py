@@ -3,7 +3,7 @@
 Each stage is testable alone as `list(stage(iter(xs), ...))`. Problems are counted in an injected `Counters` and the
 sample skipped; nothing here raises for bad data. Order of the composition, and why:
 
-    read_pieces -> shuffle -> number (positions, crop draws, resume skip) -> decode -> batch
+    read_pieces -> shuffle -> number (positions, crop and augmentation draws, resume skip) -> decode -> batch
 
 Shuffling and skipping act on raw bytes, before the costly decode: a resume replays the stream without decoding.
 """
@@ -49,6 +49,7 @@ class Numbered(NamedTuple):
     position: int  # 1-based place in the worker's epoch stream
     sample: RawSample
     crop: tuple[float, float] | None  # (fx, fy) for a random crop; None: centre
+    variant: int = 0  # which of transform.augmented's variants; 0: the image as it is
 
 
 class Decoded(NamedTuple):
@@ -84,15 +85,20 @@ def shuffle(samples: Iterable, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
-def number(samples: Iterable[RawSample], skip: int = 0, crop_rng: random.Random | None = None) -> Iterator[Numbered]:
-    """Attach each sample's 1-based position and its crop draw; drop the first `skip` (already consumed) samples.
+def number(
+    samples: Iterable[RawSample], skip: int = 0, crop_rng: random.Random | None = None, variants: int = 1
+) -> Iterator[Numbered]:
+    """Attach each sample's 1-based position, its crop draw and (with `variants` > 1) its augmentation variant; drop
+    the first `skip` (already consumed) samples.
 
-    Crops are drawn here for every sample, skipped ones included, so a resumed stream crops exactly as the original.
+    Draws are made here for every sample, skipped ones included, so a resumed stream crops and augments exactly as
+    the original. Without augmentation no variant is drawn, so the crops are those of a run before augmentation.
     """
     for position, sample in enumerate(samples, 1):
         crop = (crop_rng.random(), crop_rng.random()) if crop_rng is not None else None
+        variant = int(crop_rng.random() * variants) if crop_rng is not None and variants > 1 else 0
         if position > skip:
-            yield Numbered(position, sample, crop)
+            yield Numbered(position, sample, crop, variant)
 
 
 def caption_of(members: dict[str, bytes], counters: Counters) -> str | None:
@@ -116,9 +122,12 @@ def caption_of(members: dict[str, bytes], counters: Counters) -> str | None:
     return caption
 
 
-def decode(items: Iterable[Numbered], resolution: int, counters: Counters) -> Iterator[Decoded]:
-    """Decode and preprocess each sample's image to (3, R, R) uint8 and find its caption; bad samples are counted."""
-    for position, sample, crop in items:
+def decode(
+    items: Iterable[Numbered], resolution: int, counters: Counters, augment: tuple[str, ...] = ()
+) -> Iterator[Decoded]:
+    """Decode and preprocess each sample's image to (3, R, R) uint8, augmented as its draw says, and find its
+    caption; bad samples are counted."""
+    for position, sample, crop, variant in items:
         members = sample.members
         ext = next((e for e in IMAGE_EXTS if e in members), None)
         if ext is None:
@@ -129,6 +138,8 @@ def decode(items: Iterable[Numbered], resolution: int, counters: Counters) -> It
             continue
         try:
             pixels = transform.load(members[ext], resolution, crop)
+            if variant:
+                pixels = transform.augmented(pixels, augment, variant)
         except Exception:  # PIL raises many kinds (OSError, ValueError, SyntaxError, DecompressionBombError)
             counters.add(CORRUPT_IMAGE)
             continue

@@ -113,6 +113,7 @@ def _data_config(cfg: TrainConfig, model_cfg: CLIPConfig, world_size: int) -> Da
         resampled=cfg.weights is not None,
         weights=tuple(cfg.weights) if cfg.weights is not None else None,
         context_length=model_cfg.text.context_length,
+        augment=cfg.augment,
     )
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Training augmentations after the crop (clipmodel.transform.augmented): where pixels are, never their colour.
+AUGMENTATIONS = ("flip", "rot90")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 # May differ between a checkpoint and the run that resumes it: the length of the run, its bookkeeping, and where and
@@ -82,10 +84,12 @@ class TrainConfig:
     eval_dir: str | None = None  # a labelled folder (labels.parquet + images) for zero-shot accuracy
     eval_every: int = 0  # 0: evaluate only at the end (when eval_dir is set)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    augment: tuple[str, ...] = ()  # training image augmentations after the crop: "flip", "rot90" (none: CLIP's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(_source(d) for d in self.data))
         object.__setattr__(self, "templates", tuple(self.templates))
+        object.__setattr__(self, "augment", tuple(self.augment))
         _check(self)
 
     @property
@@ -100,6 +104,7 @@ class TrainConfig:
         d = asdict(self)
         d["data"] = [asdict(s) for s in self.data]
         d["templates"] = list(self.templates)
+        d["augment"] = list(self.augment)
         return d
 
     @classmethod
@@ -146,6 +151,8 @@ def _check(c: TrainConfig) -> None:
         raise TrainError(f"device must be one of {', '.join(DEVICES)}, got {c.device!r}")
     if c.local_loss and not c.gather_with_grad:
         raise TrainError("local_loss needs gather_with_grad: other ranks' columns would get no gradient")
+    if unknown := set(c.augment) - set(AUGMENTATIONS):
+        raise TrainError(f"unknown augmentations {sorted(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
     if not c.templates or any("{}" not in t for t in c.templates):
         raise TrainError("every zero-shot template must hold one {} for the class name")
 

@@ -90,6 +90,27 @@ def load(data: bytes, resolution: int, crop: tuple[float, float] | None = None) 
         return preprocess(img, resolution, crop)
 
 
+def variants(augment: tuple[str, ...]) -> int:
+    """How many distinct images `augmented` makes of one: 2 with a flip, 4 with quarter turns, 8 with both."""
+    return (2 if "flip" in augment else 1) * (4 if "rot90" in augment else 1)
+
+
+def augmented(pixels: np.ndarray, augment: tuple[str, ...], variant: int) -> np.ndarray:
+    """(3, R, R) uint8 pixels as variant `variant` (0 <= variant < variants(augment)) of the training augmentations:
+    "rot90" turns by variant % 4 quarter turns, "flip" then mirrors left-right. Variant 0 is the image as it is.
+
+    Neither changes a pixel's colour, only where it is: safe for captions that name colours (colour jitter is not).
+    "flip" suits photos (a caption rarely says left or right); "rot90" only pictures with no up, such as the
+    synthetic web's shapes, which are drawn at random rotations anyway."""
+    turns = variant % 4 if "rot90" in augment else 0
+    mirror = "flip" in augment and (variant // (4 if "rot90" in augment else 1)) % 2 == 1
+    if turns:
+        pixels = np.rot90(pixels, turns, axes=(1, 2))  # (3, R, R), square so the shape holds
+    if mirror:
+        pixels = pixels[:, :, ::-1]  # (3, R, R)
+    return np.ascontiguousarray(pixels) if turns or mirror else pixels
+
+
 def normalize(images: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 3, R, R) uint8 to (B, 3, R, R) float32 normalized with CLIP's mean and std, into `out` if given.
 

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from clipmodel.train_config import AUGMENTATIONS
 from wit import CommandError
 
 _EPILOG = """\
@@ -50,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (default 500), and at the end")
     p.add_argument("--keep", type=int, metavar="K", help="checkpoints kept, newest first (default 3)")
     p.add_argument("--log-every", type=int, metavar="N", help="metrics line every N steps (default 10)")
+    p.add_argument("--augment", nargs="+", choices=AUGMENTATIONS, metavar="AUG",
+                   help="training image augmentations after the crop: flip (left-right), rot90 (quarter turns, for "
+                   "pictures with no up); none by default, as CLIP")  # fmt: skip
     p.add_argument("--eval-dir", metavar="DIR", help="labelled folder (labels.parquet + images) for zero-shot")
     p.add_argument("--eval-every", type=int, metavar="N", help="zero-shot every N steps (default: at the end only)")
     p.set_defaults(func=run_train)
@@ -57,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _FLAGS = (
     "model", "steps", "batch_size", "accum_freq", "lr", "weight_decay", "warmup", "grad_clip", "precision",
-    "compile", "device", "seed", "workers", "local_loss", "save_every", "keep", "log_every", "eval_every",
+    "compile", "device", "seed", "workers", "local_loss", "save_every", "keep", "log_every", "eval_every", "augment",
 )  # fmt: skip
 
 

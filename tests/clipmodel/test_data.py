@@ -280,3 +280,30 @@ def test_stages_shuffle_number_and_captions():
     counters = Counters()
     assert caption_of({"json": json.dumps({fields.CAPTION: "from json 1"}).encode()}, counters) == "from json 1"
     assert caption_of({"txt": b"  "}, counters) is None and counters[MISSING_CAPTION] == 1
+
+
+def test_augmentation_draws_leave_plain_crops_alone_and_resume_exactly():
+    samples = [RawSample(f"k{i}", {}, i) for i in range(40)]
+    plain = list(number(iter(samples), 0, random.Random(0)))
+    assert plain == list(number(iter(samples), 0, random.Random(0), variants=1))  # no draw without augmentation
+    assert all(n.variant == 0 for n in plain)
+    augmented = list(number(iter(samples), 0, random.Random(0), variants=8))
+    assert {n.variant for n in augmented} == set(range(8))
+    assert list(number(iter(samples), 5, random.Random(0), variants=8)) == augmented[5:]
+
+
+def _mirrored(images: torch.Tensor) -> list[bool]:
+    """Per image of `jpeg`'s left-to-right ramps: whether it now falls from left to right."""
+    steps = images[:, 0, :, 1:] - images[:, 0, :, :-1]  # (B, R, R-1)
+    return [bool(s.median() < 0) for s in steps]
+
+
+def test_the_loader_flips_training_images_only(many):
+    path, _ = many
+    flips = [m for b in loader(path, augment=("flip",), shuffle_buffer=0) for m in _mirrored(b.images)]
+    assert 0.25 < sum(flips) / len(flips) < 0.75
+    plain = [m for b in loader(path, shuffle_buffer=0) for m in _mirrored(b.images)]
+    evaluated = [m for b in loader(path, augment=("flip",), train=False) for m in _mirrored(b.images)]
+    assert not any(plain) and not any(evaluated)
+    with pytest.raises(ValueError, match="unknown augmentations"):
+        DataConfig((str(path),), batch_size=8, augment=("hue",))

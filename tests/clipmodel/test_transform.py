@@ -112,3 +112,21 @@ def test_a_large_png_takes_an_integer_reduction_first(monkeypatch):
     assert reduced == [3]  # 600 / (64 * 3)
     monkeypatch.setattr(transform, "REDUCING_GAP", 1e9)
     assert np.abs(ours - load(data, 64).astype(int)).mean() < 4
+
+
+def test_augmentations_move_pixels_and_never_change_their_colours():
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    colours = sorted(map(tuple, pixels.reshape(3, -1).T))
+    for augment, n in ((("flip",), 2), (("rot90",), 4), (("flip", "rot90"), 8), ((), 1)):
+        assert transform.variants(augment) == n
+        outs = [transform.augmented(pixels, augment, v) for v in range(n)]
+        assert np.array_equal(outs[0], pixels)
+        assert len({o.tobytes() for o in outs}) == n  # every variant a different image
+        for o in outs:
+            assert o.shape == pixels.shape and o.flags.c_contiguous
+            assert sorted(map(tuple, o.reshape(3, -1).T)) == colours
+    assert np.array_equal(transform.augmented(pixels, ("flip",), 1), pixels[:, :, ::-1])
+    assert np.array_equal(transform.augmented(pixels, ("rot90",), 3), np.rot90(pixels, 3, axes=(1, 2)))
+    assert np.array_equal(
+        transform.augmented(pixels, ("flip", "rot90"), 5), np.rot90(pixels, 1, axes=(1, 2))[:, :, ::-1]
+    )
