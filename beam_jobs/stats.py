@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for stats.json and index.html")
     parser.add_argument("--compare", metavar="OTHER", help="a second dataset, reported side by side with DATASET")
     parser.add_argument("--seed", type=int, default=0, help="which samples the page shows (default 0)")
+    parser.add_argument("--runs", nargs="+", default=[], metavar="RUN",
+                        help="with a training run: other runs drawn on its page's scaling charts (zero-shot against "
+                        "samples seen and against dataset size, a line per dataset)")  # fmt: skip
 
 
 def write_json_atomic(path: Path, value: dict) -> None:
@@ -81,11 +84,16 @@ def run(argv: Sequence[str] | None = None) -> dict:
     dataset, out = Path(args.dataset), Path(args.out)
     if is_run_dir(dataset):
         if args.compare:
-            raise ValueError("--compare takes two datasets, not a training run")
+            raise ValueError("--compare takes two datasets, not a training run; compare runs with --runs")
+        for other in args.runs:
+            if not is_run_dir(Path(other)):
+                raise FileNotFoundError(f"{other}: not a training run folder (no {METRICS_FILE})")
         from pipeline.report.run_stats import run_stats
 
-        result = run_stats(dataset)
+        result = run_stats(dataset, [Path(r) for r in args.runs])
     else:
+        if args.runs:
+            raise ValueError("--runs takes training runs, drawn beside a training run given as the first argument")
         datasets = [dataset] + ([Path(args.compare)] if args.compare else [])
         for d in datasets:
             if not d.is_dir():

@@ -89,7 +89,7 @@ def _list_one(spec: str) -> list[ShardInfo]:
     from fsspec.implementations.local import LocalFileSystem
 
     if spec.endswith(".tar"):
-        return [ShardInfo(spec)]
+        return [ShardInfo(spec, _tar_rows(spec))]
     fs, root = fsspec.core.url_to_fs(spec)
     root = root.rstrip("/") or "/"
     # Local shards are opened with plain open(): no fsspec layer in the hot loop.
@@ -107,11 +107,31 @@ def _list_one(spec: str) -> list[ShardInfo]:
     return _manifest_shards(fs, root, text, url)
 
 
+def _tar_rows(spec: str) -> int | None:
+    """A single local tar's rows from the sizes.json of the dataset it sits in (img2dataset's: the tar's own folder;
+    ours: DATASET/sizes.json for DATASET/shards/N.tar); None when there is none, it does not name the tar, or the tar
+    is remote (a request per tar for a number the loader can do without)."""
+    if "://" in spec and not spec.startswith("file://"):
+        return None
+    tar = PurePosixPath(spec.removeprefix("file://"))
+    for folder in (tar.parent, *([tar.parent.parent] if tar.parent.name == "shards" else [])):
+        try:
+            with open(f"{folder}/{SIZES_NAME}", "rb") as f:
+                sizes = json.loads(f.read())
+        except (OSError, ValueError):  # no sizes.json there (FileNotFoundError is an OSError), or not JSON
+            continue
+        rows = sizes.get(tar.name) if isinstance(sizes, dict) else None
+        if isinstance(rows, int) and not isinstance(rows, bool):
+            return rows
+    return None
+
+
 def list_shards(datasets: str | Sequence[str]) -> list[ShardInfo]:
     """The shards of one or several datasets, in order, each tagged with its dataset's index (`source`).
 
     A dataset is our layout (only the shards its manifest.json lists, with their rows), an img2dataset output folder
-    (its *.tar; rows from sizes.json or its *_stats.json, else unknown) or a single .tar URL (rows unknown).
+    (its *.tar; rows from sizes.json or its *_stats.json, else unknown) or a single .tar URL (rows from its
+    dataset's sizes.json, else unknown).
     """
     specs = [datasets] if isinstance(datasets, str) else list(datasets)
     out = []

@@ -25,6 +25,7 @@ from clipmodel.factory import load_config
 from clipmodel.loss import ClipLoss
 from clipmodel.model import CLIP, CLIPConfig
 from clipmodel.optim import lr_at, make_optimizer, set_lr
+from clipmodel.shardlist import list_shards
 from clipmodel.train_config import TrainConfig, TrainError, check_steps, layered, resume_config
 from clipmodel.train_log import RunLog
 from clipmodel.train_step import Precision, train_step
@@ -61,15 +62,25 @@ def _model_config(name: str) -> CLIPConfig:
 
 
 def _dataset_ids(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Each dataset with the sha256 of its manifest.json (None for img2dataset folders and bare tars)."""
+    """Each dataset with the sha256 of its manifest.json (None for img2dataset folders and bare tars) and its rows
+    (None where a shard's count is unknown): what the run learned from, for reports that compare runs by data size."""
     return [
         {
             "path": d.path,
             "weight": d.weight,
             "manifest_sha256": ckpt.file_sha256(f"{d.path.rstrip('/')}/{MANIFEST_NAME}"),
+            "rows": _rows(d.path),
         }
         for d in cfg.data
     ]
+
+
+def _rows(path: str) -> int | None:
+    try:
+        rows = [s.rows for s in list_shards(path)]
+    except (OSError, ValueError):  # the loader reports a bad dataset itself, with its own words
+        return None
+    return None if None in rows else sum(rows)
 
 
 def resolve_run(given: Mapping[str, Any], run_dir: Path, resume: bool) -> tuple[TrainConfig, dict | None]:

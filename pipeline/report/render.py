@@ -339,6 +339,8 @@ def _run_page(stats: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         figs[key] = _fig(f"run-{key}", charts.series([("", steps, train[key])], "step", label, label.capitalize()))
     zero_shot = [("top-1", ev["step"], ev["top1"]), ("top-5", ev["step"], ev["top5"])]
     figs["zeroshot"] = _fig("run-zeroshot", charts.series(zero_shot, "step", "accuracy", "Zero-shot accuracy"))
+    if stats.get("runs"):
+        figs.update(_scaling_figures(stats["runs"]))
     rates = [v for v in train["samples_per_s"] if v is not None]
     losses = [v for v in train["loss"] if v is not None]
     headline = {
@@ -354,12 +356,40 @@ def _run_page(stats: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     context = {
         "s": stats,
         "title": f"Training run: {stats['run']}",
-        "toc": [("overview", "Overview"), ("curves", "Training curves"), ("eval", "Zero-shot"), ("config", "Config")],
+        "toc": [("overview", "Overview"), ("curves", "Training curves"), ("eval", "Zero-shot")]
+        + ([("scaling", "Scaling")] if stats.get("runs") else [])
+        + [("config", "Config")],
         "figs": figs,
         "headline": headline,
         "eval_rows": list(zip(ev["step"], ev["top1"], ev["top5"], strict=False)),
     }
     return "run.html", context
+
+
+def _run_label(run: Mapping[str, Any]) -> str:
+    rows = run.get("rows")
+    name = run.get("dataset") or Path(run["run"]).name
+    return f"{name}, {fmt_num(rows)} pairs" if rows is not None else name
+
+
+def _scaling_figures(runs: Sequence[Mapping[str, Any]]) -> dict[str, Markup]:
+    """The CLIP paper's two views of data scale, over several runs: zero-shot top-1 against samples seen (a line per
+    run), and the last top-1 against the pairs a run trained on (a line per dataset, e.g. curated vs raw)."""
+    seen = [(_run_label(r), r["eval"]["samples"], r["eval"]["top1"]) for r in runs]
+    by_dataset: dict[str, list[tuple[int, float]]] = {}
+    for r in runs:
+        top1 = _last(r["eval"]["top1"])
+        if r.get("rows") is not None and top1 is not None:
+            by_dataset.setdefault(r.get("dataset") or "?", []).append((r["rows"], top1))
+    sizes = [(name, *zip(*sorted(points), strict=True)) for name, points in by_dataset.items()]
+    return {
+        "scaling_seen": _fig(
+            "run-scaling-seen", charts.series(seen, "samples seen", "top-1", "Zero-shot top-1 against samples seen")
+        ),  # fmt: skip
+        "scaling_size": _fig(
+            "run-scaling-size", charts.series(sizes, "training pairs", "top-1", "Zero-shot top-1 against dataset size")
+        ),  # fmt: skip
+    }
 
 
 PAGES: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {

@@ -2,7 +2,8 @@
 
 import json
 import math
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from clipmodel.train_log import METRICS_FILE
@@ -13,7 +14,7 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 
 TRAIN_FIELDS = ("step", "samples", "loss", "lr", "temperature", "samples_per_s")
-EVAL_FIELDS = ("step", "top1", "top5")
+EVAL_FIELDS = ("step", "samples", "top1", "top5")
 
 
 def _number(value: Any) -> float | int | None:
@@ -68,9 +69,26 @@ def _config(run_dir: Path) -> dict[str, Any] | None:
     return config
 
 
-def run_stats(run_dir: Path) -> dict[str, Any]:
+def _dataset(record: dict[str, Any] | None) -> tuple[str | None, int | None]:
+    """(name, rows) of what the run trained on, from its config.json: the name is the dataset folder's (a tar's
+    DATASET/shards/N.tar gives DATASET), joined with "+" for several; rows are None unless every dataset's are known."""
+    datasets = (record or {}).get("datasets") or []
+    names, rows = [], []
+    for d in datasets:
+        path = PurePosixPath(str(d.get("path", "")).rstrip("/"))
+        if path.suffix == ".tar":
+            path = path.parent.parent if path.parent.name == "shards" else path.parent
+        if path.name not in names:
+            names.append(path.name)
+        rows.append(d.get("rows"))
+    known = bool(rows) and all(isinstance(r, int) for r in rows)
+    return ("+".join(names) or None), (sum(rows) if known else None)
+
+
+def run_stats(run_dir: Path, others: Sequence[Path] = ()) -> dict[str, Any]:
     """The contract's "run" stats of the training run in `run_dir` (ValueError with a one-line message when the
-    folder holds no readable metrics.jsonl)."""
+    folder holds no readable metrics.jsonl). With `others`, "runs" holds every run's zero-shot curve and data size,
+    this one first, for the page's scaling charts."""
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
     if not path.is_file():
@@ -78,11 +96,19 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
     lines = _lines(path)
     train = [line for line in lines if line["kind"] == "train"]
     evals = [line for line in lines if line["kind"] == "eval"]
-    return {
+    config = _config(run_dir)
+    dataset, rows = _dataset(config)
+    out = {
         "format": RUN_FORMAT,
         "version": VERSION,
         "run": str(run_dir),
-        "config": _config(run_dir),
+        "config": config,
+        "dataset": dataset,
+        "rows": rows,
         "train": _columns(train, TRAIN_FIELDS),
         "eval": _columns(evals, EVAL_FIELDS),
     }
+    if others:
+        runs = [out, *(run_stats(Path(o)) for o in others)]
+        out["runs"] = [{k: r[k] for k in ("run", "dataset", "rows", "eval")} for r in runs]
+    return out

@@ -130,3 +130,15 @@ def test_resampling_follows_dataset_weights_then_rows():
     assert abs(natural["b0"] / 20000 - 10 / 410) < 0.006  # no weights: uniform over samples
     with pytest.raises(ValueError):
         next(resampled_pieces(shards, make_rng(0), (0, 0)))
+
+
+def test_a_single_tar_takes_its_rows_from_its_datasets_sizes(tmp_path):
+    write_ours(tmp_path / "ds", 7, 3)
+    tars = [str(tmp_path / "ds" / "shards" / f"0000{i}.tar") for i in range(3)]
+    assert [s.rows for s in list_shards(tars)] == [3, 3, 1]
+    assert [s.rows for s in list_shards([f"file://{tars[2]}"])] == [1]
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "00000.tar").write_bytes(b"")
+    assert [s.rows for s in list_shards(str(tmp_path / "loose" / "00000.tar"))] == [None]  # no sizes.json: unknown
+    (tmp_path / "loose" / "sizes.json").write_text(json.dumps({"00000.tar": 5}))  # img2dataset's, beside the tar
+    assert [s.rows for s in list_shards(str(tmp_path / "loose" / "00000.tar"))] == [5]

@@ -21,7 +21,13 @@ def test_columns_follow_the_metrics_lines(tmp_path: Path) -> None:
     assert train["loss"][0] == pytest.approx(3.9) and train["loss"][-1] == pytest.approx(2.0)
     assert train["lr"][:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and train["temperature"] == [0.07] * 20
     assert train["samples_per_s"][0] is None and train["samples_per_s"][1] == 102.0  # the first has no rate yet
-    assert stats["eval"] == {"step": [5, 10, 15, 20], "top1": [0.05, 0.1, 0.15, 0.2], "top5": [0.125, 0.25, 0.375, 0.5]}
+    assert stats["eval"] == {
+        "step": [5, 10, 15, 20],
+        "samples": [80, 160, 240, 320],
+        "top1": [0.05, 0.1, 0.15, 0.2],
+        "top5": [0.125, 0.25, 0.375, 0.5],
+    }
+    assert stats["dataset"] is None and stats["rows"] is None and "runs" not in stats  # the config names no data
     json.dumps(stats, allow_nan=False)  # plain JSON, as stats.json must be
 
 
@@ -38,7 +44,7 @@ def test_no_config_is_none_and_non_numbers_are_gaps(tmp_path: Path) -> None:
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[:2]))
     stats = run_stats(tmp_path)
-    assert stats["config"] is None and stats["eval"] == {"step": [], "top1": [], "top5": []}
+    assert stats["config"] is None and stats["eval"] == {"step": [], "samples": [], "top1": [], "top5": []}
     assert stats["train"]["loss"] == [2.5, None] and stats["train"]["lr"] == [0.1, None]
     assert stats["train"]["samples_per_s"] == [None, 9]
 
@@ -83,6 +89,7 @@ def test_the_metrics_of_a_real_training_run(make_shapes_dataset, micro_model: Pa
     summary = train(given, tmp_path / "run")
 
     stats = run_stats(tmp_path / "run")
+    assert (stats["dataset"], stats["rows"]) == ("data", 64)  # the dataset folder's name and its rows
     train_cols = stats["train"]
     assert train_cols["step"] == [1, 2, 3, 4, 5, 6] and train_cols["samples"] == [8, 16, 24, 32, 40, 48]
     assert all(isinstance(v, float) for v in train_cols["loss"] + train_cols["temperature"])
@@ -93,3 +100,34 @@ def test_the_metrics_of_a_real_training_run(make_shapes_dataset, micro_model: Pa
 
     html = render_report(stats, tmp_path / "report").read_text()
     assert "fig-run-loss" in html and "fig-run-zeroshot" in html and f"{summary.eval['top1']:.1%}" in html
+
+
+def test_several_runs_give_the_scaling_charts(tmp_path: Path) -> None:
+    from pipeline.report.render import render_report
+
+    runs = []
+    for name, rows, scale in (("curated", 1000, 1.0), ("curated", 3000, 2.0), ("raw", 3000, 1.5)):
+        run = tmp_path / f"{name}-{rows}"
+        write_metrics(run, steps=20, eval_every=5)
+        shard = f"/data/{name}/shards/00001.tar"  # the dataset is the folder above shards/
+        config = {
+            "config": {"steps": 20},
+            "datasets": [{"path": shard, "rows": rows - 256}, {"path": shard, "rows": 256}],
+        }
+        (run / CONFIG_FILE).write_text(json.dumps(config))
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for line in lines:
+            if line["kind"] == "eval":
+                line["top1"] *= scale
+        (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        runs.append(run)
+    stats = run_stats(runs[0], runs[1:])
+    assert [(r["run"], r["dataset"], r["rows"]) for r in stats["runs"]] == [
+        (str(runs[0]), "curated", 1000),
+        (str(runs[1]), "curated", 3000),
+        (str(runs[2]), "raw", 3000),
+    ]
+    assert stats["runs"][1]["eval"]["top1"][-1] == pytest.approx(0.4)
+    html = render_report(stats, tmp_path / "report").read_text()
+    assert "fig-run-scaling-seen" in html and "fig-run-scaling-size" in html and 'id="scaling"' in html
+    assert "40.0%" in html and "curated, 3,000 pairs" in html
