@@ -127,3 +127,28 @@ def test_compiled_model_trains_like_the_eager_one(shapes_dataset: Path, micro_mo
     assert [m["loss"] for m in compiled] == pytest.approx([m["loss"] for m in eager], abs=1e-4)
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "compiled"))
     assert not any(k.startswith("_orig_mod.") for k in state["model"])  # the plain model's weights are saved
+
+
+def test_on_cpu_the_trainer_leaves_the_loader_workers_their_cores(monkeypatch):
+    import torch
+
+    from clipmodel.train import _share_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+        _share_cores(workers=2)
+        assert torch.get_num_threads() == 6
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on these 8 cores: 4 each, less 2 workers
+        _share_cores(workers=2)
+        assert torch.get_num_threads() == 2
+        _share_cores(workers=9)
+        assert torch.get_num_threads() == 1  # never none
+        torch.set_num_threads(3)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stays
+        _share_cores(workers=2)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

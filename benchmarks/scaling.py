@@ -1,0 +1,71 @@
+"""How data scale pays, as the CLIP paper's scaling plots: the demo's recipe trained on curated and raw datasets of
+synthetic webs of two or three sizes, zero-shot accuracy logged while training (against samples seen) and at the
+end (against dataset size), drawn on one `wit stats` run page.
+
+    .venv/bin/python benchmarks/scaling.py [--pages 32 64 96] [--recipe NAME] [--web-seed 0]
+
+Each web size is one web (benchmarks/recipe.py's datasets, shared with it): `raw` is `wit fetch` of every crawl
+candidate, `curated` is `wit build`. Every run trains on all shards but the first (held out, as the demo does) with
+the same recipe (benchmarks/recipe.py's EXPERIMENTS[--recipe], the demo's) and the same number of steps, so the
+bigger datasets are seen fewer times each. Writes benchmarks/results/scaling.json (each run's curve and final
+numbers) and the report page benchmarks/results/scaling/index.html (`wit stats RUN --runs ...`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from curation_ablation import _one_thread, _wit, make_datasets
+from recipe import BASE, DEMO, EXPERIMENTS, train_and_eval
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scaling.json"
+REPORT = HERE / "results" / "scaling"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pages", type=int, nargs="+", default=[32, 64, 96])
+    p.add_argument("--recipe", default=DEMO, choices=sorted(EXPERIMENTS))
+    p.add_argument("--web-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--eval-every", type=int, default=150, metavar="STEPS")
+    args = p.parse_args()
+    _one_thread()
+    recipe = BASE | EXPERIMENTS[args.recipe]
+    runs, entries = [], []
+    for pages in args.pages:
+        key = f"web{args.web_seed}-p{pages}x50"
+        work = HERE / "work" / "recipe" / key
+        if not (work / "curated" / "manifest.json").is_file():
+            shutil.rmtree(work, ignore_errors=True)
+            s = {"web_seed": args.web_seed, "pages": pages, "images_per_page": 50, "eval_per_class": 10,
+                 "caption_mix": None}  # fmt: skip
+            make_datasets(s, work)
+        for arm in ("curated", "raw"):
+            run = work / "scaling" / f"{args.recipe}-{arm}"
+            result = train_and_eval(work / arm, work / "web", run, recipe, args.seed, work, args.eval_every)
+            metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+            curve = [(m["samples"], m["top1"]) for m in metrics if m["kind"] == "eval"]
+            rows = sum(json.loads((work / arm / "sizes.json").read_text()).values())
+            entries.append({"pages": pages, "arm": arm, "dataset_rows": rows, "curve_samples_top1": curve, **result})
+            runs.append(run / "train")
+            print(f"== {pages} pages, {arm}: {rows} pairs, top1 {result['top1']:.3f}", flush=True)
+    _wit(["stats", str(runs[0]), "--runs", *map(str, runs[1:]), "--out", str(REPORT)])
+    summary = {
+        "benchmark": "scaling",
+        "recipe": {"name": args.recipe, **recipe},
+        "web_seed": args.web_seed,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "runs": entries,
+        "report": str((REPORT / "index.html").relative_to(HERE)),
+    }
+    RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
