@@ -19,11 +19,11 @@ from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.image import RESIZE_MODES, ImageConfig
 from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_retry_source
 from pipeline.fetch.stage import BucketJob, FetchBuckets
-from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
 from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig, count_rows
 from pipeline.write_dataset import WORK_DIR, Carried, FinalizeDataset, buckets_for, completed_buckets, run_fingerprint
 from schemas import DatasetManifest, reasons
 from schemas.manifest import MANIFEST_NAME
+from schemas.reasons import REJECTED
 
 # Image settings a retry takes from the dataset it retries unless given: new samples must match the old ones.
 _IMAGE_DEFAULTS = {"image_size": 256, "resize_mode": "keep_ratio", "min_side": 32}
@@ -143,7 +143,7 @@ def run(argv: Sequence[str] | None = None) -> None:
             candidates, bad_rows = read[RETRY], read[CARRIED]
         else:
             read = p | "Read" >> ReadUrlLists(UrlListConfig(**config["sources"]))
-            candidates, bad_rows = read.candidates, read[SOURCE_REJECTED]
+            candidates, bad_rows = read.candidates, read[REJECTED]
         progress = not args.no_progress and sys.stderr.isatty()
         written = {"candidates": candidates, "rejected": bad_rows} | "Fetch" >> FetchBuckets(
             job, fetch_cfg, image_cfg, threads=args.threads, image_workers=args.image_workers, progress=progress

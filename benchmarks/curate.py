@@ -136,7 +136,8 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
     from pipeline.batches import BATCH_ROWS
     from pipeline.curate.balance import WriteBalanceCounts
     from pipeline.rows_io import WriteRows
-    from pipeline.sources.url_lists import REJECTED, ReadUrlLists, UrlListConfig, count_rows
+    from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig, count_rows
+    from schemas.reasons import REJECTED
 
     cfg = BuildConfig(sources=UrlListConfig(str(inputs / "*.parquet")))
     mode = "multi_processing" if workers > 1 else "in_memory"

@@ -17,8 +17,8 @@ from apache_beam.metrics import Metrics
 from pipeline.batches import Rows
 from pipeline.rejection import Rejected, rejection_row
 from schemas import CANDIDATE_SCHEMA, fields, make_key, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 FORMATS = ("parquet", "csv", "tsv", "jsonl")
 # Column names users' lists come with (LAION: URL/TEXT; img2dataset examples: url/caption; CC12M: url/caption).
 URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")

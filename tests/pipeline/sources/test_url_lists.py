@@ -13,7 +13,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.rejection import Rejected
 from pipeline.sources.url_lists import (
-    REJECTED,
     ReadUrlLists,
     UrlListConfig,
     candidate_from_row,
@@ -23,6 +22,7 @@ from pipeline.sources.url_lists import (
     resolve_columns,
 )
 from schemas import fields, make_key, reasons
+from schemas.reasons import REJECTED
 
 ROWS = [("http://a.example/1.jpg", "a red circle"), ("https://b.example/2.png", "Straße, café \u00e9t\u00e9")]
 
