@@ -30,7 +30,9 @@ _IMAGE_DEFAULTS = {"image_size": 256, "resize_mode": "keep_ratio", "min_side": 3
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--candidates", help="URL list or candidates file(s): path or glob")
+    parser.add_argument(
+        "--candidates", help="URL list or candidates file(s): path or glob, or the --out folder of wit crawl/extract"
+    )
     parser.add_argument("--format", default="auto", help="parquet, csv, tsv or jsonl (default: from the name)")
     parser.add_argument("--url-col", help="URL column (default: url/URL/...; a 0-based index without header)")
     parser.add_argument("--caption-col", help="caption column (default: caption/TEXT/...)")
