@@ -48,7 +48,14 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes per worker that decode and resize (default 0: in the fetching threads, which measured "
         "as fast on 2 cores; try the CPU count on bigger workers)",
     )
-    parser.add_argument("--samples-per-shard", type=int, help="default 10000 (a retry: as the dataset it retries)")
+    parser.add_argument(
+        "--samples-per-shard",
+        type=int,
+        metavar="N",
+        help="wit fetch: not a cap; the candidates are spread over ceil(candidates / N) shards by a hash of their key, "
+        "so a shard holds the successes of N candidates give or take about sqrt(N). wit build: exactly N per shard "
+        "(the last one smaller). Default 10000 (a retry: as the dataset it retries)",
+    )
     parser.add_argument("--image-size", type=int, help="default 256 (a retry: as the dataset it retries)")
     parser.add_argument("--resize-mode", choices=RESIZE_MODES, help="default keep_ratio (a retry: as before)")
     parser.add_argument("--min-image-side", type=int, help="default 32 (a retry: as the dataset it retries)")
