@@ -338,7 +338,8 @@ class WriteBalanceCounts(beam.PTransform):
         super().__init__()
         self.root = root
 
-    def expand(self, balanced: BalanceOutputs) -> beam.PCollection:
+    # Any, not BalanceOutputs: Beam warns about input hints that are not PCollections.
+    def expand(self, balanced: Any) -> beam.PCollection:
         root = self.root
         return (
             balanced.kept.pipeline
