@@ -30,7 +30,6 @@ from pipeline.fetch.stage import BucketJob, FetchBuckets
 from pipeline.reshard import Reshard, read_kept
 from pipeline.shard_reader import load_manifest
 from pipeline.shards import carry_files
-from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
 from pipeline.sources.url_lists import ReadUrlLists, count_rows
 from pipeline.spill import Spill, read_spilled
 from pipeline.write_dataset import (
@@ -45,8 +44,8 @@ from pipeline.write_dataset import (
 )
 from schemas import DatasetManifest, fields
 from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 STAGE_DIR = ".build"  # staging inside OUT: hidden, and removed once the dataset is complete
 # What image dedup reads of each fetched sample: its hashes and signals, and what a rejection row carries.
 _DEDUP_COLUMNS = [fields.KEY, fields.URL, fields.CAPTION, fields.PAGE_URL, fields.SOURCE, fields.SOURCE_ROW,
@@ -124,7 +123,7 @@ def fetch_phase(cfg: BuildConfig, config: dict, out: str, stage: str, options, p
         kept, rejected, balanced = _curate(read.candidates, cfg, work, rows_hint=candidates)
         if balanced is not None:
             _ = balanced | "WriteCounts" >> WriteBalanceCounts(str(out))
-        rejected = (read[SOURCE_REJECTED], *(r | f"UnbatchRejected{i}" >> Unbatch() for i, r in enumerate(rejected)))
+        rejected = (read[REJECTED], *(r | f"UnbatchRejected{i}" >> Unbatch() for i, r in enumerate(rejected)))
         written = {"candidates": kept | "Unbatch" >> Unbatch(), "rejected": rejected} | "Fetch" >> FetchBuckets(
             job, cfg.fetch, cfg.image, threads=cfg.run.threads, image_workers=cfg.run.image_workers, progress=progress
         )

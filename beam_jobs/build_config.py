@@ -17,7 +17,7 @@ from pipeline.curate.image_dedup import ImageDedupConfig
 from pipeline.curate.text import TextConfig
 from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.image import ImageConfig
-from pipeline.fetch.politeness import user_agent
+from pipeline.fetch.politeness import parse_optout_list, user_agent
 from pipeline.sources.url_lists import UrlListConfig
 
 
@@ -158,8 +158,7 @@ def _fetch_overrides(args: argparse.Namespace, typed: set[str], out: dict) -> No
         out["allow_private"] = args.allow_private == []
         out["private_allowlist"] = tuple(args.allow_private or ())
     if "optout_list" in typed:
-        lines = fsio.read_text(args.optout_list).splitlines()
-        out["optout"] = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+        out["optout"] = parse_optout_list(fsio.read_text(args.optout_list))
     if typed & {"user_agent_token", "contact"}:
         out["user_agent_token"] = args.user_agent_token
         out["user_agent"] = user_agent(args.user_agent_token, args.contact)

@@ -19,18 +19,20 @@ from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.image import RESIZE_MODES, ImageConfig
 from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_retry_source
 from pipeline.fetch.stage import BucketJob, FetchBuckets
-from pipeline.sources.url_lists import REJECTED as SOURCE_REJECTED
 from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig, count_rows
 from pipeline.write_dataset import WORK_DIR, Carried, FinalizeDataset, buckets_for, completed_buckets, run_fingerprint
 from schemas import DatasetManifest, reasons
 from schemas.manifest import MANIFEST_NAME
+from schemas.reasons import REJECTED
 
 # Image settings a retry takes from the dataset it retries unless given: new samples must match the old ones.
 _IMAGE_DEFAULTS = {"image_size": 256, "resize_mode": "keep_ratio", "min_side": 32}
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--candidates", help="URL list or candidates file(s): path or glob")
+    parser.add_argument(
+        "--candidates", help="URL list or candidates file(s): path or glob, or the --out folder of wit crawl/extract"
+    )
     parser.add_argument("--format", default="auto", help="parquet, csv, tsv or jsonl (default: from the name)")
     parser.add_argument("--url-col", help="URL column (default: url/URL/...; a 0-based index without header)")
     parser.add_argument("--caption-col", help="caption column (default: caption/TEXT/...)")
@@ -46,7 +48,14 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes per worker that decode and resize (default 0: in the fetching threads, which measured "
         "as fast on 2 cores; try the CPU count on bigger workers)",
     )
-    parser.add_argument("--samples-per-shard", type=int, help="default 10000 (a retry: as the dataset it retries)")
+    parser.add_argument(
+        "--samples-per-shard",
+        type=int,
+        metavar="N",
+        help="wit fetch: not a cap; the candidates are spread over ceil(candidates / N) shards by a hash of their key, "
+        "so a shard holds the successes of N candidates give or take about sqrt(N). wit build: exactly N per shard "
+        "(the last one smaller). Default 10000 (a retry: as the dataset it retries)",
+    )
     parser.add_argument("--image-size", type=int, help="default 256 (a retry: as the dataset it retries)")
     parser.add_argument("--resize-mode", choices=RESIZE_MODES, help="default keep_ratio (a retry: as before)")
     parser.add_argument("--min-image-side", type=int, help="default 32 (a retry: as the dataset it retries)")
@@ -143,7 +152,7 @@ def run(argv: Sequence[str] | None = None) -> None:
             candidates, bad_rows = read[RETRY], read[CARRIED]
         else:
             read = p | "Read" >> ReadUrlLists(UrlListConfig(**config["sources"]))
-            candidates, bad_rows = read.candidates, read[SOURCE_REJECTED]
+            candidates, bad_rows = read.candidates, read[REJECTED]
         progress = not args.no_progress and sys.stderr.isatty()
         written = {"candidates": candidates, "rejected": bad_rows} | "Fetch" >> FetchBuckets(
             job, fetch_cfg, image_cfg, threads=args.threads, image_workers=args.image_workers, progress=progress

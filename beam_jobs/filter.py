@@ -25,12 +25,13 @@ from beam_jobs.options import split_args
 from pipeline import fsio
 from pipeline.filter.plan import FilterPlan, embeddings_info, make_plan
 from pipeline.filter.references import References, eval_image_files, eval_npy
-from pipeline.filter.stage import REJECTED, FilterSamples
+from pipeline.filter.stage import FilterSamples
 from pipeline.reshard import Reshard
 from pipeline.shard_reader import load_manifest
 from pipeline.write_dataset import WORK_DIR, FinalizeDataset, WriteRejections, run_fingerprint
 from schemas import DatasetManifest, fields, reasons
 from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
+from schemas.reasons import REJECTED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

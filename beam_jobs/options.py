@@ -7,7 +7,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import fsio
 from pipeline.fetch.http import FetchConfig
-from pipeline.fetch.politeness import USER_AGENT_TOKEN, user_agent
+from pipeline.fetch.politeness import USER_AGENT_TOKEN, parse_optout_list, user_agent
 
 # Prism, Beam's newer default, downloads a binary at start; the in-process FnApiRunner works offline.
 DEFAULT_RUNNER = "FnApiRunner"
@@ -54,10 +54,7 @@ def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fetch_config(args: argparse.Namespace, **extra) -> FetchConfig:
-    optout = ()
-    if args.optout_list:
-        lines = fsio.read_text(args.optout_list).splitlines()
-        optout = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    optout = parse_optout_list(fsio.read_text(args.optout_list)) if args.optout_list else ()
     return FetchConfig(
         user_agent=user_agent(args.user_agent_token, args.contact),
         user_agent_token=args.user_agent_token,

@@ -136,7 +136,8 @@ def run_beam(inputs: Path, out: Path, workers: int) -> None:
     from pipeline.batches import BATCH_ROWS
     from pipeline.curate.balance import WriteBalanceCounts
     from pipeline.rows_io import WriteRows
-    from pipeline.sources.url_lists import REJECTED, ReadUrlLists, UrlListConfig, count_rows
+    from pipeline.sources.url_lists import ReadUrlLists, UrlListConfig, count_rows
+    from schemas.reasons import REJECTED
 
     cfg = BuildConfig(sources=UrlListConfig(str(inputs / "*.parquet")))
     mode = "multi_processing" if workers > 1 else "in_memory"
@@ -162,12 +163,12 @@ def run_loop(inputs: Path, out: Path) -> None:
     from pipeline.curate.dedup import dedup_pure
     from pipeline.curate.text import curate, make_lang_id
     from pipeline.rejection import Rejected, rejection_row
-    from pipeline.sources.url_lists import UrlListConfig, candidate_from_row, iter_rows, match_paths, resolve_columns
+    from pipeline.sources.url_lists import UrlListConfig, candidate_from_row, iter_rows, list_paths, resolve_columns
 
     cfg = BuildConfig(sources=UrlListConfig(str(inputs / "*.parquet")))
     lang_id = make_lang_id(cfg.text.lang_model)
     kept, rejected = [], []
-    for path in match_paths(cfg.sources.pattern):
+    for path in list_paths(cfg.sources.pattern):
         source, columns = f"urls:{Path(path).name}", None  # the source name ReadUrlLists gives, so keys agree
         for index, row in enumerate(iter_rows(path, "parquet")):
             columns = columns or resolve_columns(row, cfg.sources, path)

@@ -5,6 +5,11 @@ whitespace collapse + lower-case, the same pre-tokenizer, bytes mapped to printa
 word's last symbol, merges applied lowest rank first, `<|startoftext|>` ... `<|endoftext|>` around the text and
 zero padding to 77 ids. Written here, not copied; the ids are checked against open_clip's tokenizer in the tests.
 
+One deliberate difference: the release's pre-tokenizer matches `<|startoftext|>` and `<|endoftext|>` in the text
+itself, so a caption holding that literal text gets the special id, and the text tower, which reads out at the
+end token, ignores what follows. Captions are untrusted web text: here the special ids are only ever the ones
+`tokenize` puts around the text, and the literal text is tokenized as any other.
+
 The default merges file, `bpe_simple_vocab_16e6.txt.gz` beside this module, is the one OpenAI released with CLIP
 (MIT licence, Copyright (c) 2021 OpenAI), vendored unchanged from the `open_clip_torch` 3.3.0 wheel (MIT licence,
 open_clip authors); sha256 924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a. Released OpenAI CLIP
@@ -36,11 +41,10 @@ CLIP_VOCAB_SIZE = 49408
 # The release reads merges[1 : 49152 - 256 - 2 + 1] of its file, which holds far more; a header naming that file
 # gets the same cut when no vocab size is asked for.
 _RELEASE_HEADER = "bpe_simple_vocab_16e6"
-_SPECIALS = r"<\|startoftext\|>|<\|endoftext\|>|"
-PATTERN = regex.compile(_SPECIALS + r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 # PATTERN restricted to lower-cased ASCII without control characters, where \p{L} is [a-z], \p{N} is [0-9] and the
 # only whitespace is " ": the stdlib engine runs it ~2.5x as fast (equivalence is tested on random text).
-_ASCII_PATTERN = re.compile(_SPECIALS + r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^ a-z0-9]+""")
+_ASCII_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^ a-z0-9]+""")
 
 
 @functools.cache
@@ -78,7 +82,7 @@ def clean(text: str) -> str:
 
 
 def pretokenize(text: str) -> list[str]:
-    """The words BPE sees, in order: cleaned text split by the release's pattern (specials kept whole)."""
+    """The words BPE sees, in order: cleaned text split by the release's pattern (less its special tokens)."""
     if _is_plain(text):
         # Spaces only separate pattern matches, so collapsing them first would change nothing.
         return _ASCII_PATTERN.findall(text.lower())
@@ -160,7 +164,6 @@ class Tokenizer:
         self.vocab_size = len(vocab)
         self.sot_id = self.encoder[SOT]
         self.eot_id = self.encoder[EOT]
-        self._specials = {SOT: (self.sot_id,), EOT: (self.eot_id,)}
         self._cache_size = max(cache_size, 2)
         self._cache: dict[str, tuple[int, ...]] = {}
         self._byte_of = {c: b for b, c in enumerate(bytes_to_unicode())}
@@ -216,9 +219,7 @@ class Tokenizer:
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         """Ids of one pre-token, remembered. The cache keeps its newer half when full: bounded, amortized O(1)."""
-        ids = self._specials.get(word)
-        if ids is None:
-            ids = tuple(self._bpe_ids(word.encode("utf-8")))
+        ids = tuple(self._bpe_ids(word.encode("utf-8")))
         cache = self._cache
         if len(cache) >= self._cache_size:
             cache = self._cache = dict(islice(cache.items(), len(cache) // 2, None))

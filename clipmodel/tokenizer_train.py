@@ -8,18 +8,17 @@ from collections.abc import Callable, Iterable
 from itertools import pairwise
 from pathlib import Path
 
-from clipmodel.tokenizer import EOT, MIN_VOCAB_SIZE, SOT, WORD_END, byte_symbols, bytes_to_unicode, pretokenize
+from clipmodel.tokenizer import MIN_VOCAB_SIZE, WORD_END, byte_symbols, bytes_to_unicode, pretokenize
 
 HEADER = "#version: 0.2 (trained by wit-builder clipmodel.tokenizer_train)"
 
 
 def count_words(captions: Iterable[str]) -> Counter[str]:
-    """How often each pre-token occurs in `captions` (cleaned as the tokenizer cleans; special tokens left out)."""
+    """How often each pre-token occurs in `captions`, cleaned and split as the tokenizer does (a literal
+    `<|endoftext|>` in a caption is three ordinary words, never a special token)."""
     counts: Counter[str] = Counter()
     for caption in captions:
         counts.update(pretokenize(caption))
-    counts.pop(SOT, None)
-    counts.pop(EOT, None)
     return counts
 
 

@@ -30,8 +30,8 @@ from clipmodel.inference import LoadedModel, inference_autocast, load_model
 from clipmodel.tokenizer import tokenize
 from pipeline.rejection import Rejected, rejection_row
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 EMBEDDINGS = "embeddings"
 _NAMESPACE = "score"
 

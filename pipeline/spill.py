@@ -17,7 +17,7 @@ import pickle
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -128,7 +128,8 @@ class Spill(beam.PTransform):
         self.buffer_bytes = buffer_bytes
 
     # A list of PCollections would be taken for values to Create: pass several as a tuple.
-    def expand(self, keyed: beam.PCollection | tuple) -> beam.PCollection:
+    # Any, not PCollection | tuple: Beam warns about input hints that are not PCollections.
+    def expand(self, keyed: Any) -> beam.PCollection:
         inputs = list(keyed) if isinstance(keyed, tuple) else [keyed]
         dofn = _SpillDoFn(self.root, self.file_bytes, self.buffer_bytes)
         paths = [pcoll | f"Write{i}" >> beam.ParDo(dofn) for i, pcoll in enumerate(inputs)]
@@ -166,7 +167,8 @@ class StoreByKey(beam.PTransform):
         super().__init__()
         self.root, self.partitions = root, partitions
 
-    def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
+    # Any, not PCollection | tuple: Beam warns about input hints that are not PCollections.
+    def expand(self, pairs: Any) -> beam.PCollection:
         n = self.partitions
         inputs = list(pairs) if isinstance(pairs, tuple) else [pairs]
         keyed = tuple(
@@ -179,7 +181,8 @@ class StoreByKey(beam.PTransform):
 class _Shuffle(beam.PTransform):
     """GroupByKey of one PCollection or of a tuple of them (flattened first)."""
 
-    def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
+    # Any, not PCollection | tuple: Beam warns about input hints that are not PCollections.
+    def expand(self, pairs: Any) -> beam.PCollection:
         if isinstance(pairs, tuple):
             pairs = pairs | "Flatten" >> beam.Flatten()
         return pairs | "GroupByKey" >> beam.GroupByKey()
@@ -237,13 +240,15 @@ class _Grouped(beam.PTransform):
         super().__init__()
         self.grouping, self.name, self.scale = grouping, name, scale
 
-    def expand(self, pairs: beam.PCollection | tuple) -> beam.PCollection:
+    # Any, not PCollection | tuple: Beam warns about input hints that are not PCollections.
+    def expand(self, pairs: Any) -> beam.PCollection:
         grouping = self.grouping
         return pairs | "Store" >> grouping.store(self.name, self.scale) | "Open" >> beam.FlatMap(grouping.open)
 
 
 class _CoGrouped(_Grouped):
-    def expand(self, inputs: Mapping[str, beam.PCollection]) -> beam.PCollection:
+    # Any, not Mapping[str, PCollection]: Beam warns about input hints that are not PCollections.
+    def expand(self, inputs: Any) -> beam.PCollection:
         if self.grouping.work is None:
             flat = {
                 tag: value | f"Flatten{tag}" >> beam.Flatten() if isinstance(value, tuple) else value

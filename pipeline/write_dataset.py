@@ -211,7 +211,8 @@ class WriteRejections(beam.PTransform):
         self.work = work
         self.first = first
 
-    def expand(self, rows: beam.PCollection | tuple) -> beam.PCollection:
+    # Any, not PCollection | tuple: Beam warns about input hints that are not PCollections.
+    def expand(self, rows: Any) -> beam.PCollection:
         root, parts, first = self.root, self.parts, self.first
         inputs = rows if isinstance(rows, tuple | list) else (rows,)
         keyed = tuple(

@@ -6,6 +6,9 @@ renamed or reused for another meaning; new ones are added.
 
 from dataclasses import dataclass
 
+# The tag of a stage's rejected output (Beam's TaggedOutput): REJECTION_SCHEMA rows, each with a code below.
+REJECTED = "rejected"
+
 # Stages, in the order a candidate meets them.
 SOURCE = "source"
 CRAWL = "crawl"

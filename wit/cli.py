@@ -2,10 +2,25 @@
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from wit import (
+
+def _quiet_import_noise() -> None:
+    """A command prints only its own words: notices libraries print merely because they were imported are silenced,
+    each by its logger and message, so their real warnings still show."""
+    # Beam logs this on the root logger whenever its GCP extras are absent, which is the normal case for local runs.
+    logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+    # albumentations, which img2dataset imports (interop with its datasets), asks PyPI for a newer version of itself
+    # at import and warns when there is one; this is its own switch.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+# Before the command modules: importing them imports Beam, which logs at import.
+_quiet_import_noise()
+
+from wit import (  # noqa: E402
     CommandError,
     demo_cmd,
     encode_cmd,
@@ -51,13 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_import_noise() -> None:
-    # Beam logs this on import whenever its GCP extras are absent, which is the normal case for local runs.
-    logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_import_noise()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -1,11 +1,11 @@
 """`wit crawl`, `wit extract`, `wit fetch`, `wit build`: candidates from crawls or WARC/WAT, images fetched, curated.
 
-Both are Beam jobs: the job's own parser reads the arguments (and `--help`), and Beam reads the rest. The jobs
-are imported only when run, so `wit --help` does not pay for importing Beam.
+Each is a Beam job, run through wit.beam_cmd.
 """
 
 import argparse
-import importlib
+
+from wit.beam_cmd import add_job_command
 
 _JOBS = {
     "crawl": ("beam_jobs.crawl", "crawl HTML pages from seed URLs into candidates (--seeds FILE --out DIR)"),
@@ -18,13 +18,6 @@ _JOBS = {
 }
 
 
-def _run_job(args: argparse.Namespace) -> int:
-    module = importlib.import_module(_JOBS[args.command][0])
-    module.run(args.argv)
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    for name, (_, help_text) in _JOBS.items():
-        p = subparsers.add_parser(name, help=help_text, add_help=False)
-        p.set_defaults(func=_run_job, beam_args=True)
+    for name, (module, help_text) in _JOBS.items():
+        add_job_command(subparsers, name, module, help_text)

@@ -25,9 +25,9 @@ from pipeline.shards import PARQUET_OPTIONS, write_file_atomic
 from pipeline.spill import Spill, read_spilled
 from schemas import FileEntry, fields, reasons
 from schemas.manifest import BALANCE_COUNTS_NAME
+from schemas.reasons import REJECTED
 from schemas.records import BALANCE_COUNTS_SCHEMA
 
-REJECTED = "rejected"
 _WS = re.compile(r"\s+")
 
 
@@ -338,7 +338,8 @@ class WriteBalanceCounts(beam.PTransform):
         super().__init__()
         self.root = root
 
-    def expand(self, balanced: BalanceOutputs) -> beam.PCollection:
+    # Any, not BalanceOutputs: Beam warns about input hints that are not PCollections.
+    def expand(self, balanced: Any) -> beam.PCollection:
         root = self.root
         return (
             balanced.kept.pipeline

@@ -234,7 +234,8 @@ class ConnectedComponents(beam.PTransform):
         self.rounds, self.fallback_cap, self.partitions = rounds, fallback_cap, partitions
         self.grouping, self.flatten = grouping, flatten
 
-    def expand(self, edges: beam.PCollection | tuple) -> beam.PCollection:
+    # Any, not PCollection | tuple: Beam warns about input hints that are not PCollections.
+    def expand(self, edges: Any) -> beam.PCollection:
         n, group = self.partitions, self.grouping.group
         # Several edge PCollections are batched each where it is produced and only met in the first grouping.
         batches = tuple(

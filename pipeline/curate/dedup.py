@@ -19,8 +19,8 @@ from pipeline.rejection import rejection_row
 from pipeline.shard_reader import iter_shard, list_shards
 from pipeline.spill import Spill, read_spilled
 from schemas import ShardEntry, fields, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 MODES = ("url", "pair", "none")
 
 # Query parameters that only say who sent the visitor; no server picks an image by them. Names are compared

@@ -53,8 +53,8 @@ from pipeline.fetch.image import colour_distance
 from pipeline.rejection import rejection_row
 from pipeline.spill import Grouping
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 GROUPS = "groups"
 _PRIVATE_KEEP = (fields.KEY, fields.STAGE, fields.REASON, fields.DETAIL)
 

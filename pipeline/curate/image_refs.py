@@ -13,6 +13,7 @@ from typing import NamedTuple
 from PIL import Image
 
 from pipeline import fsio
+from pipeline.counters import Counters
 from pipeline.fetch.image import image_signals, to_rgb
 from pipeline.shard_reader import iter_shard, list_shards
 from schemas import fields, reasons
@@ -32,6 +33,10 @@ REFERENCE_REASONS = PRECEDENCE[:3]
 EVAL_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PHASH = re.compile(r"^[0-9a-f]{16}$")
+# Made once per process: references are read inside a Beam step (image dedup's) and outside one (dedup_images_pure),
+# and a counter that is not in a step counts nothing.
+_COUNTERS = Counters("image_dedup")
+UNDECODABLE_REFERENCE = "undecodable_reference_images"  # counter: earlier-dataset images that match on sha256 only
 
 
 class RefHash(NamedTuple):
@@ -83,13 +88,18 @@ def eval_images(root: str | os.PathLike) -> list[Path]:
     return [Path(p) for p in eval_image_paths(root)]
 
 
-def _signals(data: bytes) -> tuple[Image.Image, int, int]:
-    """(RGB picture, phash, colour signature) of encoded image bytes, as the fetch stage computes them (RGB,
-    orientation applied); raises whatever Pillow raises for bytes that are not an image."""
+def _decoded(data: bytes) -> Image.Image:
+    """The picture of encoded image bytes as the fetch stage sees it (RGB, orientation applied); raises whatever
+    Pillow raises for bytes that are not an image."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        rgb = to_rgb(img)
-        ph, colour = image_signals(rgb)
+        return to_rgb(img)  # a new image (exif_transpose copies), still whole once the file is closed
+
+
+def _signals(data: bytes) -> tuple[Image.Image, int, int]:
+    """(RGB picture, phash, colour signature) of encoded image bytes, as the fetch stage computes them."""
+    rgb = _decoded(data)
+    ph, colour = image_signals(rgb)
     return rgb, ph, colour
 
 
@@ -129,14 +139,16 @@ def image_signals_of_shard(tar: str | os.PathLike) -> dict[str, tuple[int, int]]
     """{key: (phash, colour signature)} of the images a shard tar holds, computed as the fetch stage computes them.
 
     For a Parquet without usable phashes; the stored image is the resized one, whose phash lies a bit or two from
-    the original's, well within near-duplicate distance. An image that does not decode is left out."""
+    the original's, well within near-duplicate distance. An image that does not decode is left out, and counted
+    (image_dedup/undecodable_reference_images): its row still matches on sha256, so nothing is rejected for it."""
     out = {}
     for sample in iter_shard(tar):
         try:
-            _, ph, colour = _signals(sample.image)
-        except Exception:  # a broken image in an earlier dataset still matches on its sha256
+            rgb = _decoded(sample.image)
+        except Exception:  # Pillow raises many types on bytes that are not an image (OSError, SyntaxError, ...)
+            _COUNTERS.inc(UNDECODABLE_REFERENCE)
             continue
-        out[sample.key] = (ph, colour)
+        out[sample.key] = image_signals(rgb)  # only the decode is guarded: a fault of ours here must surface
     return out
 
 

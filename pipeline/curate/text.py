@@ -14,8 +14,8 @@ from pipeline.batches import Rows, emit
 from pipeline.counters import Counters
 from pipeline.rejection import rejection_row
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 _LANG_CHARS = 300  # what language ID reads of a caption: enough to tell, bounded in cost
 UNDETERMINED = "und"  # BCP 47's code for a language the model could not tell
 _WS = re.compile(r"\s+")

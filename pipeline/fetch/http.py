@@ -201,12 +201,8 @@ class Fetcher:
             if e.reason == reasons.DNS_ERROR:
                 return e
             return robots_for_status(404)  # robots.txt elsewhere and off limits: as if it did not exist
-        except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass, but not a timeout
-            return Rejected(_connection_reason(e), f"robots.txt: {e}"[:200])
-        except urllib3.exceptions.TimeoutError as e:
-            return Rejected(reasons.TIMEOUT, f"robots.txt: {e}"[:200])
         except urllib3.exceptions.HTTPError as e:
-            return Rejected(_connection_reason(e), f"robots.txt: {e}"[:200])
+            return Rejected(exception_reason(e), f"robots.txt: {e}"[:200])
 
     def close(self) -> None:
         self.http.clear()
@@ -281,12 +277,8 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
         seen.add(url)
         try:
             resp = fetcher.open(url)
-        except urllib3.exceptions.NewConnectionError as e:  # a ConnectTimeoutError subclass, but not a timeout
-            raise Rejected(_connection_reason(e), str(e)[:200]) from None
-        except urllib3.exceptions.TimeoutError as e:
-            raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
         except urllib3.exceptions.HTTPError as e:
-            raise Rejected(_connection_reason(e), str(e)[:200]) from None
+            raise Rejected(exception_reason(e), str(e)[:200]) from None
         if resp.status in _REDIRECTS and resp.headers.get("Location"):
             url = urljoin(url, resp.headers["Location"])
             _release(resp, consumed=False)
@@ -299,6 +291,18 @@ def _status_reason(status: int) -> str:
     if 400 <= status < 500:
         return reasons.HTTP_4XX
     return reasons.HTTP_5XX if 500 <= status < 600 else reasons.HTTP_OTHER
+
+
+def exception_reason(e: urllib3.exceptions.HTTPError) -> str:
+    """The reason code of an error urllib3 raised connecting, sending or reading a body: timeout, dns_error or
+    connect_error (refused, TLS, reset, a broken or malformed response). Every request path maps through here, so a
+    failure gets the same code whether it met robots.txt, a redirect hop or the image itself."""
+    if isinstance(e, urllib3.exceptions.MaxRetryError) and isinstance(e.reason, urllib3.exceptions.HTTPError):
+        e = e.reason  # our pools never retry, so urllib3 raises the error itself; a pool that retries wraps it
+    # NewConnectionError subclasses ConnectTimeoutError, but says the connection was refused or unreachable.
+    if isinstance(e, urllib3.exceptions.TimeoutError) and not isinstance(e, urllib3.exceptions.NewConnectionError):
+        return reasons.TIMEOUT
+    return _connection_reason(e)
 
 
 def _connection_reason(e: Exception) -> str:
@@ -377,10 +381,8 @@ def _attempt(fetcher: Fetcher, url: str, accept: Callable[[str], bool]) -> Fetch
             reading = True
             data = _read_bounded(resp, cfg.max_bytes, started + cfg.deadline)
             consumed = True
-        except urllib3.exceptions.TimeoutError as e:
-            raise Rejected(reasons.TIMEOUT, str(e)[:200]) from None
         except urllib3.exceptions.HTTPError as e:
-            raise Rejected(reasons.CONNECT_ERROR, str(e)[:200]) from None
+            raise Rejected(exception_reason(e), str(e)[:200]) from None
         return Fetched(data=data, status=resp.status, content_type=ctype, final_url=final_url)
     finally:
         _release(resp, consumed, reading)

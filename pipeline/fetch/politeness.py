@@ -114,6 +114,11 @@ def validate_allowlist(allowlist: tuple[str, ...]) -> None:
             raise ValueError(f"--allow-private entry {entry!r} has a bad port")
 
 
+def parse_optout_list(text: str) -> tuple[str, ...]:
+    """The entries of an opt-out list file (`--optout-list`): one domain or URL prefix a line, `#` lines comments."""
+    return tuple(entry for line in text.splitlines() if (entry := line.strip()) and not entry.startswith("#"))
+
+
 def optout_match(url: str, optout: tuple[str, ...]) -> str | None:
     """The opt-out entry covering `url`: a domain (covering its subdomains) or a URL prefix; None if none does."""
     parts = urlsplit(url)

@@ -1,13 +1,13 @@
 """Retrying only what failed: an earlier dataset's transient rejections become candidates again, the rest carries."""
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from pipeline import fsio
+from pipeline.counters import Counters
 from pipeline.shard_reader import load_manifest
 from pipeline.shards import carry_files
 from schemas import DatasetManifest, FileEntry, ShardEntry, fields, reasons
@@ -40,11 +40,18 @@ def load_retry_source(path: str | os.PathLike) -> DatasetManifest:
     return load_manifest(path)
 
 
-def _split(row: dict):
-    if is_transient(row):
-        Metrics.counter("retry", row[fields.REASON]).inc()
-        return beam.pvalue.TaggedOutput(RETRY, candidate_from_rejection(row))
-    return beam.pvalue.TaggedOutput(CARRIED, row)
+class _Split(beam.DoFn):
+    """A rejection row -> a candidate to fetch again (`retry`, counted by reason) or the row carried as it is."""
+
+    def setup(self) -> None:
+        self.counters = Counters("retry")
+
+    def process(self, row: dict) -> Iterator:
+        if is_transient(row):
+            self.counters.inc(row[fields.REASON])
+            yield beam.pvalue.TaggedOutput(RETRY, candidate_from_rejection(row))
+        else:
+            yield beam.pvalue.TaggedOutput(CARRIED, row)
 
 
 class ReadFailed(beam.PTransform):
@@ -63,5 +70,5 @@ class ReadFailed(beam.PTransform):
             pbegin
             | "Parts" >> beam.Create(self.paths)
             | "ReadParts" >> beam.io.ReadAllFromParquet()
-            | "Split" >> beam.Map(_split).with_outputs(RETRY, CARRIED)
+            | "Split" >> beam.ParDo(_Split()).with_outputs(RETRY, CARRIED)
         )

@@ -22,7 +22,6 @@ from pipeline.spill import Spill, read_spilled
 from pipeline.write_dataset import BucketResult, bucket
 from schemas import fields, reasons
 
-REJECTED = "rejected"
 # Hosts whose robots.txt rules and addresses a worker keeps between buckets (a few KB each): bounds its memory
 # on lists of millions of hosts, at the price of one more robots.txt for a host met again after the drop.
 MAX_HOSTS = 50_000

@@ -23,8 +23,8 @@ from pipeline.filter.plan import FilterPlan, read_embedding_shard
 from pipeline.filter.semdedup import SemDedupConfig, assign_clusters, dedup_rows
 from pipeline.rejection import rejection_row
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 SCORES = "scores"
 VECTORS = "vectors"
 NO_CLUSTER = -1

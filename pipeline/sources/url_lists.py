@@ -14,20 +14,24 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import fsio
 from pipeline.batches import Rows
 from pipeline.rejection import Rejected, rejection_row
 from schemas import CANDIDATE_SCHEMA, fields, make_key, reasons
+from schemas.reasons import REJECTED
 
-REJECTED = "rejected"
 FORMATS = ("parquet", "csv", "tsv", "jsonl")
 # Column names users' lists come with (LAION: URL/TEXT; img2dataset examples: url/caption; CC12M: url/caption).
 URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")
 CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "alt_text", "description")
+# What `wit crawl` and `wit extract` write into their --out folder beside pages-*.parquet: a folder given as a list
+# means these files.
+CANDIDATE_FILES = "candidates-*.parquet"
 
 
 @dataclass(frozen=True)
 class UrlListConfig:
-    pattern: str  # a path or glob, local or any Beam filesystem (gs://, s3://)
+    pattern: str  # a path, glob or folder of candidate files, local or any Beam filesystem (gs://, s3://)
     format: str = "auto"  # from the suffix (.gz ignored) unless given
     url_col: str | None = None  # None: the first of URL_COLUMNS present; for header-less files a 0-based index
     caption_col: str | None = None
@@ -197,13 +201,24 @@ def match_paths(pattern: str) -> list[str]:
     return paths
 
 
+def list_paths(pattern: str) -> list[str]:
+    """The list files a --candidates value names: a file, a glob, or a folder of our candidate files (crawl or
+    extract output), which are CANDIDATE_FILES in it; an error if there are none."""
+    if not any(c in pattern for c in "*?[") and fsio.is_dir(pattern):
+        try:
+            return match_paths(fsio.join(pattern, CANDIDATE_FILES))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{pattern}: a folder without {CANDIDATE_FILES}; give a file or glob") from None
+    return match_paths(pattern)
+
+
 def counted_rows(cfg: UrlListConfig) -> int | None:
     """The rows the lists hold, when their footers say so cheaply (uncompressed Parquet); None otherwise.
 
     Read at launch, so that stages sized by the row count (the dedup shuffle's partitions) need not wait for a
     count of the data itself: that wait splits the curation into two passes over every row."""
     total = 0
-    for path in match_paths(cfg.pattern):
+    for path in list_paths(cfg.pattern):
         fmt = detect_format(path) if cfg.format == "auto" else cfg.format
         if fmt != "parquet" or path.lower().endswith(".gz"):
             return None
@@ -223,7 +238,7 @@ def count_rows(cfg: UrlListConfig) -> int:
     if footers is not None:
         return footers
     total = 0
-    for path in match_paths(cfg.pattern):
+    for path in list_paths(cfg.pattern):
         fmt = detect_format(path) if cfg.format == "auto" else cfg.format
         total += sum(1 for _ in iter_rows(path, fmt, cfg.header))
     return total
@@ -244,7 +259,7 @@ class ReadUrlLists(beam.PTransform):
 
     # Any, not DoOutputsTuple: Beam warns about output hints that are not PCollections.
     def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
-        paths = match_paths(self.cfg.pattern)
+        paths = list_paths(self.cfg.pattern)
         return (
             pbegin
             | "Files" >> beam.Create(paths)

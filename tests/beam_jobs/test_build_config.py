@@ -7,6 +7,7 @@ import pytest
 
 from beam_jobs.build import add_arguments
 from beam_jobs.build_config import given, read_config_file, resolve
+from beam_jobs.options import fetch_config
 
 
 def _resolve(argv: list[str]):
@@ -34,6 +35,15 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert cfg.fetch.private_allowlist == ("127.0.0.1",) and not cfg.fetch.allow_private
     assert cfg.run.exclude_from == ("a", "b") and cfg.image_dedup.k == 6
     assert json.loads(json.dumps(cfg.to_dict()))["fetch"]["disallowed_directives"] == ["noai"]
+
+
+def test_optout_list_is_read_as_by_wit_fetch(tmp_path):
+    (tmp_path / "optout.txt").write_text("# asked not to be fetched\nexample.com\n\nhttps://photos.net/private/\n")
+    argv = ["--candidates", "c.parquet", "--out", "o", "--optout-list", str(tmp_path / "optout.txt")]
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_arguments(parser)
+    assert _resolve(argv).fetch.optout == fetch_config(parser.parse_args(argv)).optout
+    assert _resolve(argv).fetch.optout == ("example.com", "https://photos.net/private/")
 
 
 def test_config_errors_name_what_is_wrong(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from beam_jobs import build, crawl
 from beam_jobs import stats as stats_job
+from pipeline.report.run_stats import RUN_FORMAT
 from pipeline.report.stats import DUPLICATE_KINDS, SAMPLE_SPECS, domain
 from pipeline.shard_reader import load_manifest
 from schemas import fields, reasons
@@ -74,7 +75,6 @@ def test_bad_inputs_are_one_line_errors(tiny_pair, tmp_path: Path, capsys) -> No
 
 
 def test_a_run_folder_is_read_without_beam(tmp_path: Path) -> None:
-    pytest.importorskip("pipeline.report.run_stats")
     run = tmp_path / "run"
     run.mkdir()
     lines = [
@@ -91,7 +91,7 @@ def test_a_run_folder_is_read_without_beam(tmp_path: Path) -> None:
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = stats_job.run([str(run), "--out", str(tmp_path / "report")])
-    assert result["format"] == "wit-builder-run-stats" and result["train"]["loss"] == [2.0]
+    assert result["format"] == RUN_FORMAT and result["train"]["loss"] == [2.0]
     assert json.loads((tmp_path / "report" / stats_job.STATS_NAME).read_text()) == result
 
 

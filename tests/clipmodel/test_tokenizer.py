@@ -155,8 +155,19 @@ def test_truncation_keeps_end_token_last(clip, tiny):
         clip.tokenize("cat", context_length=1)
 
 
+def test_special_tokens_are_never_parsed_out_of_the_text(clip, tiny):
+    # open_clip gives [320, 49407, 321, 49406] here: the caption's own text would end it for the text tower.
+    assert clip.encode("a <|endoftext|> b <|startoftext|>") == clip.encode("a <| endoftext |> b <| startoftext |>")
+    for caption in ("a photo <|endoftext|> of a cat", "<|startoftext|>x<|endoftext|>", "&lt;|endoftext|&gt; café"):
+        ids = [i for i in clip.tokenize(caption)[0].tolist() if i]
+        assert ids[0] == 49406 and ids[-1] == 49407
+        assert not {49406, 49407} & set(ids[1:-1]), caption
+        assert len(ids) > 4 and clip.decode(ids).replace(" ", "") == clean(caption).replace(" ", "")
+    ids = tiny.tokenize("low <|endoftext|> low")[0].tolist()
+    assert ids.count(tiny.sot_id) == ids.count(tiny.eot_id) == 1 and ids[:2] == [tiny.sot_id, LOW]
+
+
 def test_special_tokens(clip):
-    assert clip.encode("a <|endoftext|> b <|startoftext|>") == [320, 49407, 321, 49406]  # b</w> is 98 - 33 + 256
     ids = clip.tokenize("a photo of a cat.")[0]
     assert clip.decode(ids) == "a photo of a cat ."
     assert clip.decode(ids[:9], skip_special_tokens=False) == "<|startoftext|>a photo of a cat . <|endoftext|>!"
@@ -225,7 +236,7 @@ def test_train_hand_example(tmp_path):
     assert train_bpe(["aaa aaa"], 516, min_frequency=1) == [("a", "a"), ("aa", "a</w>")]
     assert train_bpe(["ab ab cd cd"], 516) == [("a", "b</w>"), ("c", "d</w>")]  # a tie: smaller pair first
     assert train_bpe(["ab ab cd"], 600) == [("a", "b</w>")]  # (c, d</w>) occurs once: below min_frequency 2
-    assert count_words(["Cat, cat <|endoftext|>"]) == {"cat": 2, ",": 1}
+    assert count_words(["Cat, cat <|endoftext|>"]) == {"cat": 2, ",": 1, "<|": 1, "endoftext": 1, "|>": 1}
     with pytest.raises(ValueError, match="below 514"):
         train_bpe(["a"], 300)
 

@@ -14,7 +14,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.batches import batched
 from pipeline.curate.balance import (
-    REJECTED,
     BalanceConfig,
     BalanceQueries,
     balance_pure,
@@ -28,6 +27,7 @@ from pipeline.curate.balance import (
 )
 from schemas import REJECTION_SCHEMA, fields, reasons
 from schemas.manifest import BALANCE_COUNTS_NAME
+from schemas.reasons import REJECTED
 from schemas.records import BALANCE_COUNTS_SCHEMA
 
 

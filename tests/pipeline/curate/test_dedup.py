@@ -17,7 +17,6 @@ from PIL import Image
 from pipeline.batches import batched
 from pipeline.curate.dedup import (
     MODES,
-    REJECTED,
     DedupCandidates,
     DedupConfig,
     ExcludeSeen,
@@ -31,6 +30,7 @@ from pipeline.curate.dedup import (
 )
 from pipeline.shards import DatasetWriter
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
 NORMALIZED = [
     # scheme and host case, default ports, fragments, empty path and query

@@ -27,6 +27,7 @@ from pipeline.fetch.image import ImageConfig, hamming, image_signals, process_im
 from pipeline.rejection import Rejected
 from pipeline.shards import DatasetWriter
 from schemas import REJECTION_SCHEMA, fields, reasons
+from schemas.reasons import REJECTED
 
 
 def _sha(name: str) -> str:
@@ -99,7 +100,7 @@ def test_config_is_validated():
 
 def test_a_blocklisted_rejection_keeps_nothing_but_key_stage_reason_and_detail():
     tag, row = decide(_row("k1", "a" * 64, P), (0, "sha256:" + "a" * 64), None, None)
-    assert tag == "rejected" and set(row) == set(REJECTION_SCHEMA.names)
+    assert tag == REJECTED and set(row) == set(REJECTION_SCHEMA.names)
     assert {k: v for k, v in row.items() if v is not None} == {
         fields.KEY: "k1",
         fields.STAGE: reasons.DEDUP,

@@ -2,16 +2,22 @@
 
 import hashlib
 import io
+import tarfile
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from memfs import clear, upload
 from PIL import Image
 
 from pipeline.curate.image_dedup import ImageDedupConfig, dedup_images_pure
 from pipeline.curate.image_refs import (
+    UNDECODABLE_REFERENCE,
     ReferenceSet,
     RefHash,
     dataset_hashes,
@@ -195,3 +201,34 @@ def test_an_earlier_dataset_without_usable_phashes_is_hashed_from_its_images(tmp
     for tar in (old / SHARDS_DIR).glob("*.tar"):
         tar.unlink()
     assert dataset_hashes(old) == []
+
+
+def _break_image(tar, key: str) -> None:
+    """Rewrite a shard tar with `key`'s image member replaced by bytes that are not an image."""
+    with tarfile.open(tar) as f:
+        members = [(m, f.extractfile(m).read()) for m in f.getmembers()]
+    with tarfile.open(tar, "w") as f:
+        for member, data in members:
+            if member.name == f"{key}.jpg":
+                data = b"not an image"
+            member.size = len(data)
+            f.addfile(member, io.BytesIO(data))
+
+
+def test_an_earlier_image_that_does_not_decode_is_left_out_and_counted(tmp_path, make_shapes_dataset):
+    old = make_shapes_dataset(tmp_path / "old", samples=4, per_shard=4, side=72)
+    _as_schema_1_0(old)
+    tar = next((old / SHARDS_DIR).glob("*.tar"))
+    _break_image(tar, "shape00001")
+    p = TestPipeline(runner="FnApiRunner")
+    details = (
+        p
+        | beam.Create([str(tar.with_suffix(".parquet"))])
+        | beam.FlatMap(lambda path: [h.detail for h in parquet_hashes(path, "old")])
+    )
+    # These rows record no sha256, so the broken one has nothing left to match on.
+    assert_that(details, equal_to(["old/shape00000", "old/shape00002", "old/shape00003"]))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name(UNDECODABLE_REFERENCE))["counters"]
+    assert [(c.key.metric.namespace, c.committed) for c in counters] == [("image_dedup", 1)]

@@ -8,7 +8,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.batches import Unbatch, batched
 from pipeline.curate.text import (
-    REJECTED,
     CurateText,
     FastTextLangId,
     LangdetectLangId,
@@ -19,6 +18,7 @@ from pipeline.curate.text import (
     normalize_caption,
 )
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
 
 @pytest.mark.parametrize(

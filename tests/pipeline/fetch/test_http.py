@@ -1,14 +1,16 @@
 """The per-request fetch rules over real HTTP on loopback: robots, opt-outs, retries, redirects, limits."""
 
 import io
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import urllib3.exceptions as ux
 from PIL import Image
 
-from pipeline.fetch.http import FetchConfig, Fetcher, fetch_image, retry_after_seconds
+from pipeline.fetch.http import FetchConfig, Fetcher, exception_reason, fetch_image, retry_after_seconds
 from pipeline.fetch.image import ImageConfig
 from pipeline.rejection import Rejected
 from schemas import fields, reasons
@@ -72,6 +74,26 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _stall(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(JPEG)))
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(0.5)  # headers at once, then silence: the body read times out
+        try:
+            self.wfile.write(JPEG)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _truncated(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(JPEG)))
+        self.end_headers()
+        self.wfile.write(JPEG[:100])  # less than promised, then the connection closes
+        self.close_connection = True
+
     def _endless(self):
         self.send_response(200)
         self.send_header("Content-Type", "image/jpeg")  # no Content-Length: it never says how long
@@ -121,6 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/drip.jpg": self._drip,
             "/slow-body.jpg": self._slow_body,
             "/endless.jpg": self._endless,
+            "/stall.jpg": self._stall,
+            "/truncated.jpg": self._truncated,
         }
         routes.get(self.path.split("?")[0], lambda: self._send(404, b"", "text/html"))()
 
@@ -294,6 +318,44 @@ def test_connection_failures_have_their_own_reasons(base_url):
     assert _reason(f, "http://no-such-host.invalid/x.jpg") == reasons.DNS_ERROR
     assert _reason(Fetcher(FetchConfig()), "http://no-such-host.invalid/x.jpg") == reasons.DNS_ERROR
     assert _reason(f, "file:///etc/passwd") == reasons.BLOCKED_SCHEME
+
+
+_GAI = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ux.ConnectTimeoutError("connect timed out"), reasons.TIMEOUT),
+        (ux.ReadTimeoutError(None, "/x.jpg", "Read timed out."), reasons.TIMEOUT),
+        (ux.NewConnectionError(None, "Connection refused"), reasons.CONNECT_ERROR),  # a ConnectTimeoutError subclass
+        (ux.NameResolutionError("no-such-host.invalid", None, _GAI), reasons.DNS_ERROR),
+        (ux.SSLError("certificate verify failed"), reasons.CONNECT_ERROR),
+        (ux.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer")), reasons.CONNECT_ERROR),
+        (ux.ProtocolError("Connection broken", ux.IncompleteRead(100, 900)), reasons.CONNECT_ERROR),
+        (ux.ProxyError("Unable to connect to proxy", OSError("unreachable")), reasons.CONNECT_ERROR),
+        (ux.MaxRetryError(None, "/x.jpg", ux.ReadTimeoutError(None, "/x.jpg", "Read timed out.")), reasons.TIMEOUT),
+        (ux.MaxRetryError(None, "/x.jpg", ux.NameResolutionError("h.invalid", None, _GAI)), reasons.DNS_ERROR),
+        (ux.MaxRetryError(None, "/x.jpg", ux.NewConnectionError(None, "refused")), reasons.CONNECT_ERROR),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else "",
+)
+def test_each_urllib3_error_has_its_reason(error, reason):
+    assert exception_reason(error) == reason
+
+
+def test_a_failed_name_lookup_is_found_down_the_chain():
+    try:
+        raise ux.ProtocolError("Connection aborted.") from ux.NameResolutionError("h.invalid", None, _GAI)
+    except ux.ProtocolError as e:
+        assert exception_reason(e) == reasons.DNS_ERROR
+
+
+def test_body_read_failures_keep_their_own_reasons(base_url):
+    f = Fetcher(FetchConfig(allow_private=True, read_timeout=0.2))
+    assert _reason(f, f"{base_url}/stall.jpg") == reasons.TIMEOUT
+    assert _reason(f, f"{base_url}/truncated.jpg") == reasons.CONNECT_ERROR
+    f.close()
 
 
 def test_allowlist_and_optout_list(base_url):

@@ -6,6 +6,7 @@ from pipeline.fetch.politeness import (
     USER_AGENT_TOKEN,
     is_public_address,
     optout_match,
+    parse_optout_list,
     parse_robots,
     private_allowed,
     resolve,
@@ -110,6 +111,12 @@ def test_optout_list():
     assert optout_match("https://photos.net/private/x.jpg", optout) == "https://photos.net/private/"
     assert optout_match("https://photos.net/public/x.jpg", optout) is None
     assert optout_match("http://notexample.com/a.jpg", optout) is None
+
+
+def test_optout_list_file():
+    text = "# owners who asked\nExample.com\n\n  https://photos.net/private/  \n  # an indented comment\n"
+    assert parse_optout_list(text) == ("Example.com", "https://photos.net/private/")
+    assert parse_optout_list("") == ()
 
 
 def test_user_agent_names_token_and_contact():

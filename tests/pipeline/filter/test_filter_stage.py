@@ -15,8 +15,9 @@ from pipeline.filter.clip_score import ClipScoreConfig
 from pipeline.filter.plan import FilterPlan, embeddings_info, make_plan, read_embedding_shard, training_sample
 from pipeline.filter.references import References
 from pipeline.filter.semdedup import SemDedupConfig, semdedup
-from pipeline.filter.stage import NO_CLUSTER, REJECTED, FilterSamples, decide, dedup_cluster, judge_rows
+from pipeline.filter.stage import NO_CLUSTER, FilterSamples, decide, dedup_cluster, judge_rows
 from schemas import fields, reasons
+from schemas.reasons import REJECTED
 
 D = 16
 

@@ -10,19 +10,22 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from memfs import clear, upload
 
 from pipeline.rejection import Rejected
 from pipeline.sources.url_lists import (
-    REJECTED,
     ReadUrlLists,
     UrlListConfig,
     candidate_from_row,
+    count_rows,
     counted_rows,
     detect_format,
     iter_rows,
+    list_paths,
     resolve_columns,
 )
 from schemas import fields, make_key, reasons
+from schemas.reasons import REJECTED
 
 ROWS = [("http://a.example/1.jpg", "a red circle"), ("https://b.example/2.png", "Straße, café \u00e9t\u00e9")]
 
@@ -142,3 +145,36 @@ def test_our_own_candidate_files_keep_keys_and_page_context(tmp_path):
     rows = list(iter_rows(str(path), "parquet"))
     url_col, cap_col = resolve_columns(rows[0], UrlListConfig(str(path)), str(path))
     assert candidate_from_row(rows[0], "urls:x", 0, url_col, cap_col) == cands[0]
+
+
+def _crawl_output(folder: Path) -> list[dict]:
+    """A folder as `wit crawl` leaves it: candidates in two files, and the page log beside them."""
+    from pipeline.sources.html import extract_page, page_candidates
+    from schemas import CANDIDATE_SCHEMA
+    from schemas.records import conform
+
+    folder.mkdir()
+    html = '<title>T</title><img src="/a.jpg" alt="an apple on a table"><img src="/b.jpg" alt="a pear in a bowl">'
+    cands = page_candidates(extract_page(html, "http://h.example/p.html"), "crawl")
+    for i, cand in enumerate(cands):
+        pq.write_table(conform([cand], CANDIDATE_SCHEMA), folder / f"candidates-0000{i}-of-00002.parquet")
+    pq.write_table(pa.table({"page_url": ["http://h.example/p.html"]}), folder / "pages-00000-of-00001.parquet")
+    return cands
+
+
+def test_a_folder_of_our_candidate_files_is_read_as_its_candidates(tmp_path):
+    cands = _crawl_output(tmp_path / "crawl")
+    cfg = UrlListConfig(str(tmp_path / "crawl"))
+    assert [Path(p).name for p in list_paths(cfg.pattern)] == [f"candidates-0000{i}-of-00002.parquet" for i in (0, 1)]
+    assert count_rows(cfg) == 2
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | ReadUrlLists(cfg)
+        assert_that(out.candidates | beam.Map(lambda c: c[fields.KEY]), equal_to([c[fields.KEY] for c in cands]))
+    remote = upload(tmp_path / "crawl", "memfs://lists/crawl")
+    try:
+        assert [p.rsplit("/", 1)[1] for p in list_paths(remote)] == [Path(p).name for p in list_paths(cfg.pattern)]
+    finally:
+        clear(remote)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="a folder without candidates-"):
+        list_paths(str(tmp_path / "empty"))
