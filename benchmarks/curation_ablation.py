@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/curation_ablation.py            # 5 seeds x 3 arms, ~35 min on 2 idle cores
     .venv/bin/python benchmarks/curation_ablation.py --quick    # a smoke run, ~4 min
+    .venv/bin/python benchmarks/curation_ablation.py --demo-recipe   # `wit demo`'s model and web, 3 seeds, ~35 min
     .venv/bin/python benchmarks/curation_ablation.py --reuse --oracle     # + the investigation arm, ~10 min more
     .venv/bin/python benchmarks/curation_ablation.py --pages 64 --caption-mix $MIX   # a noisier web -> *_noisy.json
         (the one measured: MIX=good=8,non_english=4,boilerplate=6,empty=4,mismatch=3)
@@ -55,11 +56,16 @@ ARM_NOTES = {
     "oracle": "investigation only: wit build of the candidates less every mismatched alt text (by the truth)",
 }
 COMMON = ["--allow-private", "--threads", "32", "--image-size", "96", "--samples-per-shard", "256"]
-SETTINGS = {  # the full run; --quick and flags override
+# The ViT the first measurements used (warm-up: a tenth of the steps), scoring with its last checkpoint.
+OLD_RECIPE = {"model": "tiny", "lr": 5e-4, "score_at": 1.0}
+SETTINGS = {  # the full run; --quick, --demo-recipe and flags override
     "full": {"pages": 48, "images_per_page": 50, "eval_per_class": 30, "steps": 200, "batch_size": 32,
              "top_fraction": 0.85, "seeds": [0, 1, 2, 3, 4]},
     "quick": {"pages": 12, "images_per_page": 30, "eval_per_class": 2, "steps": 20, "batch_size": 32,
               "top_fraction": 0.85, "seeds": [0, 1]},
+    # `wit demo`'s recipe (benchmarks/recipe.py DEMO) on its web size; 3 seeds, as each run costs ~3 minutes here.
+    "demo": {"pages": 96, "images_per_page": 50, "eval_per_class": 30, "steps": 2700, "batch_size": 32,
+             "top_fraction": 0.85, "seeds": [0, 1, 2]},
 }  # fmt: skip
 
 
@@ -135,10 +141,13 @@ def make_filtered(work: Path, s: dict) -> dict[str, Any]:
     the model that is evaluated."""
     boot = work / "runs" / "bootstrap"
     t = time.monotonic()
-    first_pass = train_and_eval(work / "curated", boot, work / "web", s, BOOTSTRAP_SEED)
+    # As `wit demo` scores: with the checkpoint `score_at` into the run, before the model learns the wrong captions.
+    at = max(1, round(s["steps"] * s["score_at"]))
+    first_pass = train_and_eval(work / "curated", boot, work / "web", s, BOOTSTRAP_SEED, save_every=at)
     t_train = time.monotonic() - t
     t = time.monotonic()
-    _wit(["encode", str(work / "curated"), "--model", str(boot / "train"), "--out", str(work / "embeddings"),
+    scorer = boot / "train" / "checkpoints" / f"step-{at:08d}.pt"
+    _wit(["encode", str(work / "curated"), "--model", str(scorer), "--out", str(work / "embeddings"),
           "--workers", "1"])  # fmt: skip
     _wit(["filter", str(work / "curated"), "--embeddings", str(work / "embeddings"), "--out", str(work / "filtered"),
           "--top-fraction", str(s["top_fraction"]), "--samples-per-shard", "256"])  # fmt: skip
@@ -224,15 +233,17 @@ def rejections_graded(dataset: Path, truth_path: Path) -> dict[str, dict[str, in
 # ---- training and evaluation ----------------------------------------------------------------------------------------
 
 
-def train_and_eval(dataset: Path, run: Path, web: Path, s: dict, seed: int) -> dict[str, Any]:
-    """`wit train` on every shard of `dataset`, then `wit eval --web`: the numbers of one run."""
+def train_and_eval(dataset: Path, run: Path, web: Path, s: dict, seed: int, save_every: int = 0) -> dict[str, Any]:
+    """`wit train` on every shard of `dataset`, then `wit eval --web`: the numbers of one run. `save_every`: keep a
+    checkpoint every so many steps too (default: only the last)."""
     if run.exists():
         shutil.rmtree(run)
-    warmup = max(1, min(100, s["steps"] // 10))
+    warmup = max(1, min(100, s["steps"] // 10))  # as `wit demo` sets it
     t = time.monotonic()
-    _wit(["train", "--data", str(dataset), "--model", "tiny", "--out", str(run / "train"), "--steps", str(s["steps"]),
-          "--batch-size", str(s["batch_size"]), "--lr", "5e-4", "--warmup", str(warmup), "--workers", "1",
-          "--seed", str(seed), "--save-every", str(s["steps"]), "--log-every", "10"])  # fmt: skip
+    _wit(["train", "--data", str(dataset), "--model", s["model"], "--out", str(run / "train"),
+          "--steps", str(s["steps"]), "--batch-size", str(s["batch_size"]), "--lr", str(s["lr"]),
+          "--warmup", str(warmup), "--workers", "1", "--seed", str(seed), "--save-every", str(save_every or s["steps"]),
+          "--keep", "100", "--log-every", "10"])  # fmt: skip
     train_s = time.monotonic() - t
     t = time.monotonic()
     _wit(["eval", "--model", str(run / "train"), "--web", str(web), "--out", str(run / "eval.json"),
@@ -343,6 +354,9 @@ def _earlier(out: Path, s: dict, reuse: bool) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a small web and few steps: a smoke run")
+    p.add_argument("--demo-recipe", action="store_true",
+                   help="`wit demo`'s model and recipe on its 96-page web, 3 seeds (the default is the first "
+                   "measurement's: the ViT tiny, 200 steps); written to *_demo_recipe.json")  # fmt: skip
     for name in ("pages", "images_per_page", "eval_per_class", "steps", "batch_size"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2 3 4)")
@@ -358,17 +372,28 @@ def main() -> None:
                    help="keep the datasets, and the finished runs in the results JSON, of an earlier run")  # fmt: skip
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    s = dict(SETTINGS["quick" if args.quick else "full"])
+    preset = "quick" if args.quick else "demo" if args.demo_recipe else "full"
+    s = dict(SETTINGS[preset])
     given = ("pages", "images_per_page", "eval_per_class", "steps", "batch_size", "seeds", "top_fraction")
     s |= {k: getattr(args, k) for k in given if getattr(args, k) is not None}
     s["web_seed"] = args.web_seed
-    name = ("quick" if args.quick else "full") + ("_noisy" if args.caption_mix else "")
+    name = preset + ("_noisy" if args.caption_mix else "")
     if args.caption_mix:
         s["caption_mix"] = args.caption_mix
     s.setdefault("caption_mix", None)
-    stem = "curation_ablation" + ("_quick" if args.quick else "") + ("_noisy" if args.caption_mix else "")
+    stem = "curation_ablation" + {"quick": "_quick", "demo": "_demo_recipe", "full": ""}[preset]
+    stem += "_noisy" if args.caption_mix else ""
     out = args.out or HERE / "results" / f"{stem}.json"
     work = WORK / name
+    if args.demo_recipe:
+        from recipe import DEMO, EXPERIMENTS, MODELS  # here: recipe imports this module
+
+        model = WORK / f"{name}-model.json"  # beside the work folder, which a fresh run empties
+        model.parent.mkdir(parents=True, exist_ok=True)
+        model.write_text(json.dumps(MODELS[EXPERIMENTS[DEMO]["model"]], indent=2) + "\n")
+        s |= {"model": str(model), "lr": EXPERIMENTS[DEMO]["lr"], "recipe": DEMO, "score_at": 1 / 3}
+    else:
+        s |= OLD_RECIPE
     _one_thread()
     t_all = time.monotonic()
     load_start = _loadavg()
@@ -413,8 +438,8 @@ def main() -> None:
     data = sum(v for k, v in made["seconds"].items() if not k.startswith("oracle"))
     result = {
         "what": "zero-shot accuracy of a tiny CLIP trained with the same budget on raw vs curated pairs of one web",
-        "settings": s | {"model": "tiny", "lr": 5e-4, "warmup": max(1, min(100, s["steps"] // 10)),
-                         "image_size": 96, "samples_seen": s["steps"] * s["batch_size"]},  # fmt: skip
+        "settings": s | {"warmup": max(1, min(100, s["steps"] // 10)), "stored_image_size": 96,
+                         "samples_seen": s["steps"] * s["batch_size"]},  # fmt: skip
         "arms": {arm: ARM_NOTES[arm] for arm in arms},
         "web": made["web"],
         "candidates": made["candidates"],

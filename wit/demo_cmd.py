@@ -60,8 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (an earlier demo's is replaced)")
     p.add_argument("--seed", type=int, default=0, help="the web, the training run and the filter's k-means")
     web = p.add_argument_group("the synthetic web and the build")
-    web.add_argument("--pages", type=int, default=96,
-                     help="pages of the synthetic web: data scale is what the tiny model most needs (default 96)")
+    web.add_argument(
+        "--pages",
+        type=int,
+        default=96,
+        help="pages of the synthetic web: data scale is what the tiny model most needs (default 96)",
+    )
     web.add_argument("--images-per-page", type=int, default=50, help="on average (default 50)")
     web.add_argument("--eval-per-class", type=int, default=10, help="labelled eval images per class (default 10)")
     web.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="BASE",
