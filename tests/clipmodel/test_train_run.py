@@ -50,7 +50,10 @@ def test_short_tiny_run_lowers_the_loss_and_writes_everything(shapes_dataset: Pa
     assert state["schedule"] == {"kind": "warmup_cosine", "step": 12, "base_lr": 1e-3, "warmup": 2, "total": 12}
     assert state["loader"][0]["batches"] == 12 and len(state["rng"]) == 1
     manifest_sha = ckpt.file_sha256(str(shapes_dataset / "manifest.json"))
-    assert state["datasets"] == [{"path": str(shapes_dataset), "weight": None, "manifest_sha256": manifest_sha}]
+    rows = json.loads((shapes_dataset / "manifest.json").read_text())["rows"]
+    assert state["datasets"] == [
+        {"path": str(shapes_dataset), "weight": None, "manifest_sha256": manifest_sha, "rows": rows}
+    ]
     written = json.loads((run / CONFIG_FILE).read_text())
     assert written["config"] == state["config"] and written["model_config"]["embed_dim"] == 128
 
