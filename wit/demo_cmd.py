@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from clipmodel.train_config import AUGMENTATIONS
+from clipmodel.train.config import AUGMENTATIONS
 from wit import CommandError
 
 STEPS = 9

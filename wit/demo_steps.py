@@ -158,7 +158,7 @@ def eval_numbers(path: Path, web_eval: Path, retrieval: bool = True) -> dict[str
 
 def complete_embeddings(path: Path, rows: int) -> int:
     """Rows of a complete embeddings folder that covers the dataset (skipped samples aside)."""
-    from clipmodel.embeddings import read_info
+    from clipmodel.embed.embeddings import read_info
 
     info = read_info(path)
     if not info or not info.get("complete"):

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from beam_jobs import filter as filter_job
-from clipmodel import embeddings as emb
-from clipmodel.encode import EncodeConfig, encode_dataset
+from clipmodel.embed import embeddings as emb
+from clipmodel.embed.encode import EncodeConfig, encode_dataset
 from clipmodel.inference import load_model
-from clipmodel.train import train
+from clipmodel.train.trainer import train
 from pipeline.curate.image_dedup import dedup_images_pure
 from pipeline.fetch.image import image_signals
 from pipeline.filter.clip_score import clip_scores

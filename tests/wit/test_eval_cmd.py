@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clipmodel import embeddings as emb
+from clipmodel.embed import embeddings as emb
 from pipeline.synthweb.spec import SHIFTS
 from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
 from wit import cli
