@@ -46,7 +46,7 @@ STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
 
 def _photo(i: int) -> bytes:
     """A synthetic-web picture at 256 px on its shorter side, with sensor-like grain, as a q90 JPEG."""
-    from pipeline.synthweb.draw import Drawing, render
+    from synthweb.draw import Drawing, render
 
     rng = np.random.default_rng(i)
     long = int(rng.integers(256, 400))

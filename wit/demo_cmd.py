@@ -244,7 +244,7 @@ def _exists(path: Path) -> str:
 
 
 def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
-    from pipeline.synthweb import WebConfig
+    from synthweb import WebConfig
 
     web, crawl, dataset = paths["web"], paths["crawl"], paths["dataset"]
     cfg = WebConfig(seed=args.seed, pages=args.pages, images_per_page=args.images_per_page,
@@ -268,7 +268,7 @@ def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
 
 
 def _serve(web: Path, hosts: int, base: int):
-    from pipeline.synthweb import serve_web
+    from synthweb import serve_web
 
     ports = [base + i for i in range(hosts)] if base else None
     try:

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def web_eval_sets(web: Path) -> dict[str, Path]:
     """{"eval": WEB/eval, <shift>: WEB/eval_shift/<shift>, ...} for a synthetic web, shifts in name order."""
-    from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
+    from synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
 
     base = web / EVAL_DIR
     if not (base / LABELS_FILE).is_file():

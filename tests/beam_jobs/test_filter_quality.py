@@ -31,10 +31,10 @@ from pipeline.filter.clip_score import clip_scores
 from pipeline.filter.semdedup import SemDedupConfig, semdedup
 from pipeline.shard_reader import load_manifest, read_dataset, verify_dataset
 from pipeline.shards import DatasetWriter
-from pipeline.synthweb import load_truth
-from pipeline.synthweb.captions import CaptionWriter
-from pipeline.synthweb.draw import encode
 from schemas import fields, reasons
+from synthweb import load_truth
+from synthweb.captions import CaptionWriter
+from synthweb.draw import encode
 
 # ~70 s on two idle cores, training most of it; the timeout leaves room for a machine shared with other jobs.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("one_thread")]

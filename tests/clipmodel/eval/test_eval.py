@@ -21,8 +21,8 @@ from clipmodel.eval.reports import (
 from clipmodel.eval.zeroshot import class_name, read_labels
 from clipmodel.factory import create_model
 from clipmodel.templates import DEFAULT, IMAGENET80, load_templates
-from pipeline.synthweb.spec import SHIFTS
-from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR
+from synthweb.spec import SHIFTS
+from synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR
 
 CLASSES = ("cat", "dog", "bird")
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.")

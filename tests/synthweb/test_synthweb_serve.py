@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from pipeline.fetch.politeness import USER_AGENT_TOKEN
-from pipeline.synthweb import serve_web
-from pipeline.synthweb.faults import robots_txt
-from pipeline.synthweb.spec import CONTENT_TYPES, PIL_FORMATS
+from synthweb import serve_web
+from synthweb.faults import robots_txt
+from synthweb.spec import CONTENT_TYPES, PIL_FORMATS
 
 _PIL_TO_EXT = {v: k for k, v in PIL_FORMATS.items()}
 

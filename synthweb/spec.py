@@ -64,7 +64,7 @@ class WebConfig:
             raise ValueError("slow_delay and retry_after must not be negative")
         if self.bomb_side < 10000:  # below this the "bomb" would pass Pillow's 89M-pixel guard
             raise ValueError(f"bomb_side must be at least 10000, got {self.bomb_side}")
-        from pipeline.synthweb.captions import caption_deck  # captions imports this module
+        from synthweb.captions import caption_deck  # captions imports this module
 
         caption_deck(self.caption_mix)  # raises on a bad mix
 

@@ -4,7 +4,7 @@ import random
 import re
 from html.entities import codepoint2name
 
-from pipeline.synthweb.spec import class_label
+from synthweb.spec import class_label
 
 # Caption kinds as recorded in the truth; proportions of one shuffled deck (cycled, so every kind occurs once the
 # web has a deck's worth of images).

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.synthweb.spec import COLOURS, PIL_FORMATS
+from synthweb.spec import COLOURS, PIL_FORMATS
 
 # Object radius as a fraction of half the shorter side, per size word used in captions.
 _SIZE_FRACTION = {"small": 0.38, "medium": 0.58, "large": 0.82}

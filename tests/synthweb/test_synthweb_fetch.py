@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 
 from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.image import ImageConfig
-from pipeline.synthweb.faults import OK
+from synthweb.faults import OK
 from tests.fetching import fetch_all, reason
 
 

@@ -3,10 +3,10 @@
 import hashlib
 
 from pipeline.fetch.politeness import USER_AGENT_TOKEN
-from pipeline.synthweb import faults as flt
-from pipeline.synthweb.draw import encode, render
-from pipeline.synthweb.site import Block, Page, placeholder
-from pipeline.synthweb.spec import CONTENT_TYPES
+from synthweb import faults as flt
+from synthweb.draw import encode, render
+from synthweb.site import Block, Page, placeholder
+from synthweb.spec import CONTENT_TYPES
 
 _HTML = "text/html; charset=utf-8"
 _VIEWER = (

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.synthweb.faults import error_page
-from pipeline.synthweb.site import placeholder
-from pipeline.synthweb.truth import SITE_FILE, TRUTH_SCHEMA, load_truth, write_table
+from synthweb.faults import error_page
+from synthweb.site import placeholder
+from synthweb.truth import SITE_FILE, TRUTH_SCHEMA, load_truth, write_table
 
 SEEDS_FILE = "seeds.txt"
 URLS_FILE = "urls.parquet"

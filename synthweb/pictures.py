@@ -3,10 +3,10 @@
 import numpy as np
 from PIL import Image
 
-from pipeline.synthweb.builder import ASPECTS, WebBuilder
-from pipeline.synthweb.draw import Drawing, near_copy, render
-from pipeline.synthweb.site import Page
-from pipeline.synthweb.spec import CONTENT_TYPES
+from synthweb.builder import ASPECTS, WebBuilder
+from synthweb.draw import Drawing, near_copy, render
+from synthweb.site import Page
+from synthweb.spec import CONTENT_TYPES
 
 
 def add_picture(b: WebBuilder, page: Page) -> None:

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.synthweb import FAULTS, WebConfig, generate_web, load_eval, load_truth, vocabulary
-from pipeline.synthweb.captions import mentioned_classes
-from pipeline.synthweb.spec import IMAGE_FORMATS, PIL_FORMATS, SHIFTS
-from pipeline.synthweb.truth import TRUTH_SCHEMA
+from synthweb import FAULTS, WebConfig, generate_web, load_eval, load_truth, vocabulary
+from synthweb.captions import mentioned_classes
+from synthweb.spec import IMAGE_FORMATS, PIL_FORMATS, SHIFTS
+from synthweb.truth import TRUTH_SCHEMA
 
 _PIL_TO_EXT = {v: k for k, v in PIL_FORMATS.items()}
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.fetch.politeness import USER_AGENT_TOKEN
-from pipeline.synthweb import WebConfig, vocabulary
-from pipeline.synthweb.captions import (
+from synthweb import WebConfig, vocabulary
+from synthweb.captions import (
     CAPTION_DECK,
     CAPTION_KINDS,
     CaptionWriter,
@@ -21,10 +21,10 @@ from pipeline.synthweb.captions import (
     html_escape,
     mentioned_classes,
 )
-from pipeline.synthweb.draw import Drawing, encode, near_copy, render
-from pipeline.synthweb.faults import bomb_png, corrupt_png, robots_txt, truncated
-from pipeline.synthweb.site import placeholder, ref
-from pipeline.synthweb.spec import COLOURS, SHAPES, class_label, split_label
+from synthweb.draw import Drawing, encode, near_copy, render
+from synthweb.faults import bomb_png, corrupt_png, robots_txt, truncated
+from synthweb.site import placeholder, ref
+from synthweb.spec import COLOURS, SHAPES, class_label, split_label
 
 
 def test_held_out_classes_cover_every_colour_and_shape_once():

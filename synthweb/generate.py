@@ -7,14 +7,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.synthweb import faults as flt
-from pipeline.synthweb.builder import WebBuilder
-from pipeline.synthweb.evalset import write_eval_sets
-from pipeline.synthweb.pictures import add_leak, add_picture
-from pipeline.synthweb.plant import plant_faults
-from pipeline.synthweb.site import Page, page_html, plan_pages
-from pipeline.synthweb.spec import WebConfig, vocabulary
-from pipeline.synthweb.truth import CLASSES_FILE, SITE_FILE, TRUTH_FILE, TRUTH_SCHEMA, write_table
+from synthweb import faults as flt
+from synthweb.builder import WebBuilder
+from synthweb.evalset import write_eval_sets
+from synthweb.pictures import add_leak, add_picture
+from synthweb.plant import plant_faults
+from synthweb.site import Page, page_html, plan_pages
+from synthweb.spec import WebConfig, vocabulary
+from synthweb.truth import CLASSES_FILE, SITE_FILE, TRUTH_FILE, TRUTH_SCHEMA, write_table
 
 _HTML = "text/html; charset=utf-8"
 

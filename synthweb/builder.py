@@ -7,11 +7,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.synthweb import faults as flt
-from pipeline.synthweb.captions import CaptionWriter, caption_deck
-from pipeline.synthweb.draw import Drawing, encode
-from pipeline.synthweb.site import Block, Page
-from pipeline.synthweb.spec import (
+from synthweb import faults as flt
+from synthweb.captions import CaptionWriter, caption_deck
+from synthweb.draw import Drawing, encode
+from synthweb.site import Block, Page
+from synthweb.spec import (
     BACKGROUNDS,
     CONTENT_TYPES,
     SIZES,
@@ -21,7 +21,7 @@ from pipeline.synthweb.spec import (
     class_label,
     split_label,
 )
-from pipeline.synthweb.truth import empty_truth_row
+from synthweb.truth import empty_truth_row
 
 _FORMAT_WEIGHTS = {"jpg": 5, "png": 2, "webp": 2, "gif": 1}
 ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (16, 9), (2, 3))

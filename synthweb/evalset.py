@@ -4,8 +4,8 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.synthweb.draw import Drawing, encode, render
-from pipeline.synthweb.spec import (
+from synthweb.draw import Drawing, encode, render
+from synthweb.spec import (
     BACKGROUNDS,
     SHIFT_BACKGROUNDS,
     SHIFT_TEXTURES,
@@ -16,7 +16,7 @@ from pipeline.synthweb.spec import (
     WebConfig,
     split_label,
 )
-from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE, LABELS_SCHEMA, write_table
+from synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE, LABELS_SCHEMA, write_table
 
 
 def _drawing(label: str, shift: str | None, size_px: int, rng: random.Random) -> Drawing:

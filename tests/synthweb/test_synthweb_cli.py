@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synthweb import load_truth
+from synthweb import load_truth
 from wit.cli import main
 
 

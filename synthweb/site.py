@@ -4,7 +4,7 @@ import posixpath
 import random
 from dataclasses import dataclass, field
 
-from pipeline.synthweb.captions import html_escape
+from synthweb.captions import html_escape
 
 # Ports are only known when the web is served: HTML and Location headers hold "{{host3}}", which the server replaces
 # with the host's "127.0.0.1:PORT" once, at start-up.
