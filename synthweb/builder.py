@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from synthweb import faults as flt
-from synthweb.captions import CaptionWriter, caption_deck
+from synthweb.captions import CaptionWriter
 from synthweb.draw import Drawing, encode
 from synthweb.site import Block, Page
 from synthweb.spec import (
@@ -18,6 +18,7 @@ from synthweb.spec import (
     TEXTURES,
     Vocabulary,
     WebConfig,
+    caption_deck,
     class_label,
     split_label,
 )

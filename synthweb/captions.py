@@ -4,35 +4,7 @@ import random
 import re
 from html.entities import codepoint2name
 
-from synthweb.spec import class_label
-
-# Caption kinds as recorded in the truth; proportions of one shuffled deck (cycled, so every kind occurs once the
-# web has a deck's worth of images).
-CAPTION_DECK = (
-    ("good", 14),
-    ("non_english", 3),
-    ("boilerplate", 3),
-    ("empty", 2),
-    ("mismatch", 3),
-)
-CAPTION_KINDS = tuple(kind for kind, _ in CAPTION_DECK)
-
-
-def caption_deck(mix: str | None) -> tuple[tuple[str, int], ...]:
-    """The deck a web's alt text is dealt from: CAPTION_DECK, or `mix` ("good=6,boilerplate=6,...": kinds not named
-    keep their CAPTION_DECK count) for a web of another noise level."""
-    if mix is None:
-        return CAPTION_DECK
-    counts = dict(CAPTION_DECK)
-    for part in filter(None, (p.strip() for p in mix.split(","))):
-        kind, _, n = part.partition("=")
-        if kind not in counts or not n.isdigit():
-            raise ValueError(f"caption_mix: expected kind=count with kind one of {CAPTION_KINDS}, got {part!r}")
-        counts[kind] = int(n)
-    if not any(counts.values()):
-        raise ValueError(f"caption_mix {mix!r} leaves no caption kind")
-    return tuple(counts.items())
-
+from synthweb.spec import CAPTION_DECK, class_label
 
 _TEXTURE_ADJ = {"solid": "solid", "striped": "striped", "dotted": "polka-dot", "checkered": "checkered"}
 _TEXTURE_WITH = {

@@ -1,4 +1,4 @@
-"""What a synthetic web is made of: its frozen config, and the colour x shape classes with the held-out ones."""
+"""What a synthetic web is made of: its frozen config and caption deck, the colour x shape classes and held-out ones."""
 
 import random
 from dataclasses import asdict, dataclass
@@ -28,6 +28,34 @@ PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
 LANGUAGES = ("en", "fr", "de", "es")
 
 
+# Caption kinds as recorded in the truth; proportions of one shuffled deck (cycled, so every kind occurs once the
+# web has a deck's worth of images).
+CAPTION_DECK = (
+    ("good", 14),
+    ("non_english", 3),
+    ("boilerplate", 3),
+    ("empty", 2),
+    ("mismatch", 3),
+)
+CAPTION_KINDS = tuple(kind for kind, _ in CAPTION_DECK)
+
+
+def caption_deck(mix: str | None) -> tuple[tuple[str, int], ...]:
+    """The deck a web's alt text is dealt from: CAPTION_DECK, or `mix` ("good=6,boilerplate=6,...": kinds not named
+    keep their CAPTION_DECK count) for a web of another noise level."""
+    if mix is None:
+        return CAPTION_DECK
+    counts = dict(CAPTION_DECK)
+    for part in filter(None, (p.strip() for p in mix.split(","))):
+        kind, _, n = part.partition("=")
+        if kind not in counts or not n.isdigit():
+            raise ValueError(f"caption_mix: expected kind=count with kind one of {CAPTION_KINDS}, got {part!r}")
+        counts[kind] = int(n)
+    if not any(counts.values()):
+        raise ValueError(f"caption_mix {mix!r} leaves no caption kind")
+    return tuple(counts.items())
+
+
 def class_label(colour: str, shape: str) -> str:
     return f"{colour} {shape}"
 
@@ -45,7 +73,7 @@ class WebConfig:
     slow_delay: float = 2.0  # seconds the slow URL waits before answering
     retry_after: int = 1  # the Retry-After the 429 URLs send, in seconds
     bomb_side: int = 30000  # declared width and height of the decompression bomb
-    # Alt-text kinds dealt per deck, "good=6,boilerplate=6,..." (captions.caption_deck); None: the default deck, and
+    # Alt-text kinds dealt per deck, "good=6,boilerplate=6,..." (caption_deck); None: the default deck, and
     # then left out of to_dict so that the default web's files stay as they were.
     caption_mix: str | None = None
 
@@ -64,8 +92,6 @@ class WebConfig:
             raise ValueError("slow_delay and retry_after must not be negative")
         if self.bomb_side < 10000:  # below this the "bomb" would pass Pillow's 89M-pixel guard
             raise ValueError(f"bomb_side must be at least 10000, got {self.bomb_side}")
-        from synthweb.captions import caption_deck  # captions imports this module
-
         caption_deck(self.caption_mix)  # raises on a bad mix
 
     def to_dict(self) -> dict:

@@ -13,18 +13,11 @@ from PIL import Image
 
 from pipeline.fetch.politeness import USER_AGENT_TOKEN
 from synthweb import WebConfig, vocabulary
-from synthweb.captions import (
-    CAPTION_DECK,
-    CAPTION_KINDS,
-    CaptionWriter,
-    caption_deck,
-    html_escape,
-    mentioned_classes,
-)
+from synthweb.captions import CaptionWriter, html_escape, mentioned_classes
 from synthweb.draw import Drawing, encode, near_copy, render
 from synthweb.faults import bomb_png, corrupt_png, robots_txt, truncated
 from synthweb.site import placeholder, ref
-from synthweb.spec import COLOURS, SHAPES, class_label, split_label
+from synthweb.spec import CAPTION_DECK, CAPTION_KINDS, COLOURS, SHAPES, caption_deck, class_label, split_label
 
 
 def test_held_out_classes_cover_every_colour_and_shape_once():
