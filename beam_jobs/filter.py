@@ -82,13 +82,13 @@ def load_references(cfg: FilterConfig, info: dict) -> tuple[References, ...]:
         if npy:
             names, vectors = eval_npy(eval_path)
         else:
-            from clipmodel.encode_refs import encode_image_files
+            from clipmodel.embed.encode_refs import encode_image_files
 
             names, paths = eval_image_files(eval_path)
             vectors = encode_image_files(loaded, paths)
         refs.append(References(reasons.EVAL_SIMILAR, names, vectors, cfg.decontaminate.threshold))
     if prompts:
-        from clipmodel.encode_refs import encode_texts
+        from clipmodel.embed.encode_refs import encode_texts
 
         vectors = encode_texts(loaded, prompts)
         refs.append(References(reasons.UNWANTED_CONCEPT, prompts, vectors, cfg.concepts.threshold))

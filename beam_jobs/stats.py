@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.options import split_args
-from clipmodel.train_log import METRICS_FILE
+from clipmodel.train.log import METRICS_FILE
 from pipeline import fsio
 from pipeline.report.compare import compare_stats
 from pipeline.report.stage import DatasetStats

@@ -39,10 +39,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.synthweb import WebConfig, generate_web, serve_web
-from pipeline.synthweb.captions import mentioned_classes
-from pipeline.synthweb.truth import picture_of, same_text
 from schemas import fields
+from synthweb import WebConfig, generate_web, serve_web
+from synthweb.captions import mentioned_classes
+from synthweb.truth import picture_of, same_text
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "curation_ablation"

@@ -6,7 +6,7 @@ Same weights (open_clip's model of the named architecture, randomly initialised 
 benchmarks/openclip_parity.py, saved as a state dict and loaded by both), same shards (benchmarks/loader.py's 256 px
 JPEGs with LAION captions), same batch size, fp32, 2 reading workers, CPU:
 
-- "wit encode@openclip-torch": clipmodel.encode.encode_dataset (per-shard float16 .npy + metadata Parquet) run by
+- "wit encode@openclip-torch": clipmodel.embed.encode.encode_dataset (per-shard float16 .npy + metadata Parquet) run by
   the open_clip venv's Python, so both tools use the same torch build: the like-for-like ratio.
 - "wit encode": the same in this project's venv (its pinned torch), for reference.
 - "open_clip + webdataset": in the open_clip venv, webdataset reads the tars (2 workers, batched), open_clip's
@@ -20,7 +20,7 @@ differ by the two resizers' rounding; that difference is reported too (median co
 embeddings of each sample).
 
 Also: semantic dedup (pipeline.filter.semdedup, what `wit filter` runs) on --semdedup-n random clustered 512-d
-embeddings with planted near-copies (target <= 5 minutes for 1M on 2 cores), and search (clipmodel.search_timing):
+embeddings with planted near-copies (target <= 5 minutes for 1M on 2 cores), and search (benchmarks/search_timing.py):
 build time, batched queries/s, one-query p50 latency and recall@10 of the flat and IVF-PQ indexes on --search-n
 clustered vectors. Writes benchmarks/results/encode.json.
 """
@@ -109,7 +109,7 @@ _WIT_SCRIPT = r"""
 import json, shutil, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-from clipmodel.encode import EncodeConfig, encode_dataset
+from clipmodel.embed.encode import EncodeConfig, encode_dataset
 from clipmodel.inference import load_model
 dataset, weights, name, out, batch, workers = sys.argv[2:8]
 torch.set_num_threads(2)
@@ -159,7 +159,7 @@ def _torch_version(py: str) -> str:
 
 def end_to_end_cosine(work: Path) -> dict:
     """Per-sample cosine between the two tools' stored embeddings (float16, different resizers)."""
-    from clipmodel.embeddings import load_embeddings
+    from clipmodel.embed.embeddings import load_embeddings
 
     ours = load_embeddings(work / "wit")
     theirs = np.load(work / "openclip.npz")
@@ -173,7 +173,8 @@ def end_to_end_cosine(work: Path) -> dict:
 
 def semdedup_timing(n: int, dim: int = 512) -> dict:
     """SemDeDup over n clustered vectors, 2% of them planted near-copies of others (cosine ~0.995)."""
-    from clipmodel.search_timing import clustered_vectors
+    from search_timing import clustered_vectors
+
     from pipeline.filter.semdedup import SemDedupConfig, semdedup
 
     rng = np.random.default_rng(1)
@@ -195,7 +196,7 @@ def semdedup_timing(n: int, dim: int = 512) -> dict:
 def search_timing(n: int, dim: int = 512) -> list[dict]:
     from dataclasses import asdict
 
-    from clipmodel.search_timing import clustered_vectors, time_search
+    from search_timing import clustered_vectors, time_search
 
     x = clustered_vectors(n + 1000, dim)
     return [asdict(t) for t in time_search(x[:n], x[n:])]

@@ -38,7 +38,7 @@ COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 
 def _photo(i: int) -> tuple[bytes, str]:
     """A synthetic-web picture at photo size with sensor-like grain, so JPEG sizes are those of the web."""
-    from pipeline.synthweb.draw import Drawing, render
+    from synthweb.draw import Drawing, render
 
     rng = np.random.default_rng(i)
     w = int(rng.integers(500, 1600))

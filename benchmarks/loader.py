@@ -5,7 +5,7 @@
 The shards are our dataset layout (tar + Parquet + manifest) holding synthetic photos stored at 256 px on the
 shorter side (as img2dataset's keep_ratio 256 writes them) with real LAION captions. Three loaders, alternating:
 
-- "wit loader": clipmodel.data.make_loader, train mode (shard + sample shuffle, random crop).
+- "wit loader": clipmodel.data.loader.make_loader, train mode (shard + sample shuffle, random crop).
 - "webdataset": the pipeline open_clip builds for training (shuffle shards, split by worker, tarfile_to_samples,
   shuffle samples, decode("pilrgb"), rename, map_dict(preprocess, tokenize), to_tuple, batched), with the
   torchvision transform it would use (Resize(R, bicubic), RandomCrop(R), ToTensor, Normalize) written out in PIL
@@ -46,7 +46,7 @@ STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
 
 def _photo(i: int) -> bytes:
     """A synthetic-web picture at 256 px on its shorter side, with sensor-like grain, as a q90 JPEG."""
-    from pipeline.synthweb.draw import Drawing, render
+    from synthweb.draw import Drawing, render
 
     rng = np.random.default_rng(i)
     long = int(rng.integers(256, 400))
@@ -153,7 +153,7 @@ def webdataset_loader(urls: list[str], args, resolution: int, tokenize, wit_tran
 
 
 def run(tool: str, dataset: Path, urls: list[str], args, resolution: int, tokenize, seed: int) -> dict:
-    from clipmodel.data import make_loader
+    from clipmodel.data.loader import make_loader
 
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()

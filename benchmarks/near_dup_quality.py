@@ -39,9 +39,9 @@ from pipeline.curate.image_dedup import ImageDedupConfig, dedup_images_pure
 from pipeline.curate.image_refs import ReferenceSet, eval_images
 from pipeline.fetch import image as im
 from pipeline.rejection import Rejected
-from pipeline.synthweb import WebConfig, generate_web, load_truth
-from pipeline.synthweb.draw import encode, near_copy
 from schemas import fields, reasons
+from synthweb import WebConfig, generate_web, load_truth
+from synthweb.draw import encode, near_copy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "near_dup_quality.json"
 WORK = Path(__file__).resolve().parent / "work" / "near_dup_quality"

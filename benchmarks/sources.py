@@ -23,7 +23,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from beam_jobs import crawl, extract
-from pipeline.synthweb import WebConfig, generate_web, serve_web
+from synthweb import WebConfig, generate_web, serve_web
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / "work" / "sources"

@@ -5,8 +5,9 @@
     loaded = load_model("ViT-B-32.safetensors")            # OpenAI-layout weights (open_clip's, converted releases)
     loaded = load_model("weights.pt", arch="RN50")         # a named or JSON architecture, when shapes are not enough
 
-Everything loads with `weights_only=True` (clipmodel.checkpoint, clipmodel.checkpointing): a file that holds code is
-refused, never run. The model comes back in eval mode on the requested device, in fp32; autocast is the caller's.
+Everything loads with `weights_only=True` (clipmodel.checkpoint, clipmodel.train.checkpointing): a file that holds
+code is refused, never run. The model comes back in eval mode on the requested device, in fp32; autocast is the
+caller's.
 """
 
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from clipmodel import checkpointing as ckpt
 from clipmodel.checkpoint import load_state_dict_file, read_plain, unwrap_state_dict
 from clipmodel.factory import load_config
 from clipmodel.model import CLIP, CLIPConfig, build_model
+from clipmodel.train import checkpointing as ckpt
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
 
 Three steps: Prepare (decode, centre crop at the model's resolution, tokenize: per element, on CPU) -> RunInference
 (Beam batches the elements, then one model call a batch: normalize, both towers, L2-normalise) -> Attach (the score
-into the row). Images stay uint8 until a whole batch is normalized at once, as clipmodel.encode does, so a batch
+into the row). Images stay uint8 until a whole batch is normalized at once, as clipmodel.embed.encode does, so a batch
 crossing a process or a network is a quarter of the float size.
 
 Beam's own PytorchModelHandlerTensor does not fit: it builds the model from a class and one state dict and calls its

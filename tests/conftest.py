@@ -8,7 +8,7 @@ import pytest
 from dask_cluster import DaskCluster
 from worker_pool import WorkerPool
 
-from pipeline.synthweb import ServedWeb, WebConfig, generate_web, serve_web
+from synthweb import ServedWeb, WebConfig, generate_web, serve_web
 
 # The one web the shared fixtures build: 3 hosts, 12 pages, ~130 image URLs, every fault, 144 eval images (~3 s).
 TEST_WEB = WebConfig(seed=0, pages=12, hosts=3)
@@ -67,11 +67,11 @@ def write_shapes_dataset(path: Path, samples: int = 384, per_shard: int = 128, s
     import random
 
     from pipeline.shards import DatasetWriter
-    from pipeline.synthweb import vocabulary
-    from pipeline.synthweb.captions import CaptionWriter
-    from pipeline.synthweb.draw import Drawing, encode, render
-    from pipeline.synthweb.spec import BACKGROUNDS, SIZES, TEXTURES, split_label
     from schemas import fields
+    from synthweb import vocabulary
+    from synthweb.captions import CaptionWriter
+    from synthweb.draw import Drawing, encode, render
+    from synthweb.spec import BACKGROUNDS, SIZES, TEXTURES, split_label
 
     rng = random.Random(f"{seed}:shapes-dataset")
     captions = CaptionWriter(rng)

@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "beam_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv[argv.index(args.command) + 1 :]  # what a Beam job re-parses, its own flags and Beam's
+    args.run_command = main  # how a command that runs others (wit demo) runs them, without importing this module
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from clipmodel.train_config import AUGMENTATIONS
+from clipmodel.train.config import AUGMENTATIONS
 from wit import CommandError
 
 STEPS = 9
@@ -136,14 +136,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 SECONDS: dict[str, float] = {}  # wall time of each command the demo ran, by name: the summary's timings
 
 
-def _wit(argv: list[str]) -> None:
-    """Print the command line, then run it through the CLI itself: what is printed is what ran."""
-    from wit.cli import main
+def _wit(args: argparse.Namespace, argv: list[str]) -> None:
+    """Print the command line, then run it through the CLI itself (`args.run_command`, which wit.cli's main passes
+    in, so this module never imports wit.cli): what is printed is what ran."""
     from wit.demo_steps import command_line
 
     print(command_line(argv), flush=True)
     t0 = time.monotonic()
-    rc = main(argv)
+    rc = args.run_command(argv)
     name = " ".join(argv[:2]) if argv[0] in ("web", "shards") else argv[0]
     SECONDS[name] = SECONDS.get(name, 0.0) + time.monotonic() - t0
     if rc != 0:
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     rows = ds.verified_dataset(paths["dataset"])
     report = _stats(paths)
     held_out, model = _train(args, paths)
-    _eval(paths, held_out)
+    _eval(args, paths, held_out)
     _bootstrap(args, paths)
     _retrain(args, paths, model)
 
@@ -244,31 +244,33 @@ def _exists(path: Path) -> str:
 
 
 def _web_crawl_build(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
-    from pipeline.synthweb import WebConfig
+    from synthweb import WebConfig
 
     web, crawl, dataset = paths["web"], paths["crawl"], paths["dataset"]
     cfg = WebConfig(seed=args.seed, pages=args.pages, images_per_page=args.images_per_page,
                     eval_per_class=args.eval_per_class)  # fmt: skip
     _step(1, f"a synthetic web: {cfg.pages} pages on {cfg.hosts} hosts, about {cfg.images_per_page} images a page, "
              f"{cfg.eval_per_class} labelled eval images per class")  # fmt: skip
-    _wit(["web", "generate", "--out", str(web), "--seed", str(cfg.seed), "--pages", str(cfg.pages),
-          "--images-per-page", str(cfg.images_per_page), "--eval-per-class", str(cfg.eval_per_class)])  # fmt: skip
+    _wit(args, ["web", "generate", "--out", str(web), "--seed", str(cfg.seed), "--pages", str(cfg.pages),
+                "--images-per-page", str(cfg.images_per_page),
+                "--eval-per-class", str(cfg.eval_per_class)])  # fmt: skip
     with _serve(web, cfg.hosts, args.port) as served:
         print(f"      served on {', '.join(served.base_urls)} (in this process; `wit web serve {web}` does the same)")
         # The synthetic web lives on loopback, so private addresses are allowed for this run only.
         _step(2, "crawl it from its seeds")
-        _wit(["crawl", "--seeds", str(served.seeds_path), "--depth", str(args.depth), "--out", str(crawl),
-              "--allow-private", "--threads", str(args.threads)])  # fmt: skip
+        _wit(args, ["crawl", "--seeds", str(served.seeds_path), "--depth", str(args.depth), "--out", str(crawl),
+                    "--allow-private", "--threads", str(args.threads)])  # fmt: skip
         _step(3, "build the curated dataset: text rules, language, dedup, balancing, fetch, image dedup")
-        _wit(["build", "--candidates", f"{crawl}/candidates-*.parquet", "--out", str(dataset), "--allow-private",
-              "--decontaminate", str(web / "eval"), "--threads", str(args.threads),
-              "--image-size", str(args.image_size), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
-    _wit(["shards", "verify", str(dataset)])
+        _wit(args, ["build", "--candidates", f"{crawl}/candidates-*.parquet", "--out", str(dataset), "--allow-private",
+                    "--decontaminate", str(web / "eval"), "--threads", str(args.threads),
+                    "--image-size", str(args.image_size),
+                    "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
+    _wit(args, ["shards", "verify", str(dataset)])
     return _funnel(crawl, dataset)
 
 
 def _serve(web: Path, hosts: int, base: int):
-    from pipeline.synthweb import serve_web
+    from synthweb import serve_web
 
     ports = [base + i for i in range(hosts)] if base else None
     try:
@@ -321,7 +323,7 @@ def _train(args: argparse.Namespace, paths: dict[str, Path]) -> tuple[list[str],
     _step(5, f"train a {args.model} CLIP on {len(train)} shards ({len(held_out)} held out for retrieval)")
     model = _model_spec(args, paths["model"])
     # Checkpoints every third of the run too: the filter scores with the first (see _bootstrap).
-    _wit(_train_argv(args, train, model, paths["run"], paths["web"] / "eval", save_every=_filter_step(args)))
+    _wit(args, _train_argv(args, train, model, paths["run"], paths["web"] / "eval", save_every=_filter_step(args)))
     return held_out, model
 
 
@@ -367,13 +369,13 @@ def _model_spec(args: argparse.Namespace, path: Path) -> str:
     return str(path)
 
 
-def _eval(paths: dict[str, Path], held_out: list[str]) -> None:
+def _eval(args: argparse.Namespace, paths: dict[str, Path], held_out: list[str]) -> None:
     _step(6, "evaluate: zero-shot on the labelled set (train vs held-out classes, under shift), retrieval on the "
              "held-out shard")  # fmt: skip
     if len(held_out) > 1:
         print("      (retrieval on the first held-out shard)")
-    _wit(["eval", "--model", str(paths["run"]), "--web", str(paths["web"]), "--retrieval", held_out[0],
-          "--out", str(paths["eval"])])  # fmt: skip
+    _wit(args, ["eval", "--model", str(paths["run"]), "--web", str(paths["web"]), "--retrieval", held_out[0],
+                "--out", str(paths["eval"])])  # fmt: skip
 
 
 def _bootstrap(args: argparse.Namespace, paths: dict[str, Path]) -> None:
@@ -383,17 +385,18 @@ def _bootstrap(args: argparse.Namespace, paths: dict[str, Path]) -> None:
     # wrong-class captions too, so they score well. Measured on web seeds 0, 1, 2: the last checkpoint's filter
     # removed 80 / 81 / 71% bad captions (recall 65 / 65 / 57%), this one 92 / 82 / 86% (75 / 66 / 69%).
     early = paths["run"] / "checkpoints" / f"step-{_filter_step(args):08d}.pt"
-    _wit(["encode", str(paths["dataset"]), "--model", str(early), "--out", str(paths["embeddings"]),
-          "--workers", str(args.workers)])  # fmt: skip
-    _wit(["filter", str(paths["dataset"]), "--embeddings", str(paths["embeddings"]), "--out", str(paths["filtered"]),
-          "--top-fraction", str(args.top_fraction), "--semdedup-eps", str(args.semdedup_eps),
-          "--seed", str(args.seed), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
+    _wit(args, ["encode", str(paths["dataset"]), "--model", str(early), "--out", str(paths["embeddings"]),
+                "--workers", str(args.workers)])  # fmt: skip
+    _wit(args, ["filter", str(paths["dataset"]), "--embeddings", str(paths["embeddings"]),
+                "--out", str(paths["filtered"]), "--top-fraction", str(args.top_fraction),
+                "--semdedup-eps", str(args.semdedup_eps),
+                "--seed", str(args.seed), "--samples-per-shard", str(args.samples_per_shard)])  # fmt: skip
 
 
 def _retrain(args: argparse.Namespace, paths: dict[str, Path], model: str) -> None:
     """Step 8: the same training (steps, batch, seed) on what the filter kept, evaluated zero-shot again: what the
     bootstrap filter is worth. Retrieval is not repeated: the filtered dataset holds the held-out shard's pairs."""
     _step(8, "train again on the filtered dataset (same steps, batch and seed), evaluate zero-shot")
-    _wit(_train_argv(args, [str(paths["filtered"])], model, paths["run_filtered"], paths["web"] / "eval"))
-    _wit(["eval", "--model", str(paths["run_filtered"]), "--web", str(paths["web"]), "--out",
-          str(paths["eval_filtered"])])  # fmt: skip
+    _wit(args, _train_argv(args, [str(paths["filtered"])], model, paths["run_filtered"], paths["web"] / "eval"))
+    _wit(args, ["eval", "--model", str(paths["run_filtered"]), "--web", str(paths["web"]), "--out",
+                str(paths["eval_filtered"])])  # fmt: skip

@@ -52,7 +52,7 @@ def filter_vs_truth(dataset: Path, filtered: Path, truth_path: Path) -> dict[str
     class), in another language or as boilerplate; a sample is a duplicate when another sample of the dataset shows
     the same picture (exact or near copy: the truth's dup_group / near_dup_group).
     """
-    from pipeline.synthweb.truth import picture_of, same_text
+    from synthweb.truth import picture_of, same_text
 
     truth = pq.read_table(truth_path).to_pylist()
     by_url, by_id = {r["url"]: r for r in truth}, {r["id"]: r for r in truth}
@@ -158,7 +158,7 @@ def eval_numbers(path: Path, web_eval: Path, retrieval: bool = True) -> dict[str
 
 def complete_embeddings(path: Path, rows: int) -> int:
     """Rows of a complete embeddings folder that covers the dataset (skipped samples aside)."""
-    from clipmodel.embeddings import read_info
+    from clipmodel.embed.embeddings import read_info
 
     info = read_info(path)
     if not info or not info.get("complete"):

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from clipmodel.encode import EncodeConfig, encode_dataset
+    from clipmodel.embed.encode import EncodeConfig, encode_dataset
     from clipmodel.inference import load_model
 
     try:

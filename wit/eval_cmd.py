@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def web_eval_sets(web: Path) -> dict[str, Path]:
     """{"eval": WEB/eval, <shift>: WEB/eval_shift/<shift>, ...} for a synthetic web, shifts in name order."""
-    from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
+    from synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
 
     base = web / EVAL_DIR
     if not (base / LABELS_FILE).is_file():
@@ -70,7 +70,7 @@ def _named(reference: str, shifts: list[str]) -> tuple[dict[str, str], str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from clipmodel.embeddings import INFO_FILE
+    from clipmodel.embed.embeddings import INFO_FILE
 
     if args.shifts and not args.zeroshot:
         raise CommandError("--shifts needs a --zeroshot set to compare against (the first one)")
@@ -94,7 +94,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _check_shard_sets(args: argparse.Namespace) -> None:
     """Shards need --label-field, and are zero-shot sets only (shifts compare folders); before any model loads."""
-    from clipmodel.labelled_shards import is_shard_set
+    from clipmodel.eval.labelled_shards import is_shard_set
 
     shards = [f for f in args.zeroshot if is_shard_set(f)]
     if shards and not args.label_field:
@@ -107,11 +107,11 @@ def _check_shard_sets(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Every evaluation the arguments ask for, as one JSON-ready dict."""
-    from clipmodel.eval import EvalConfig, evaluate_shifts, evaluate_zeroshot
+    from clipmodel.eval.labelled_shards import evaluate_zeroshot_shards, is_shard_set
+    from clipmodel.eval.reports import EvalConfig, evaluate_shifts, evaluate_zeroshot
+    from clipmodel.eval.zeroshot import read_labels
     from clipmodel.inference import load_model, resolve_device
-    from clipmodel.labelled_shards import evaluate_zeroshot_shards, is_shard_set
     from clipmodel.templates import load_templates
-    from clipmodel.zeroshot import read_labels
 
     templates = load_templates(args.templates)
     cfg = EvalConfig(templates=templates, batch_size=args.batch_size, workers=args.workers)
@@ -151,9 +151,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
-    from clipmodel.embeddings import INFO_FILE, load_embeddings
-    from clipmodel.encode import EncodeConfig, encode_dataset
-    from clipmodel.retrieval import retrieval_report
+    from clipmodel.embed.embeddings import INFO_FILE, load_embeddings
+    from clipmodel.embed.encode import EncodeConfig, encode_dataset
+    from clipmodel.eval.retrieval import retrieval_report
 
     source = Path(args.retrieval)
     if (source / INFO_FILE).is_file():
@@ -170,9 +170,9 @@ def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
 def _linear_probe(args: argparse.Namespace, loaded, cfg, device) -> dict[str, Any]:
     import torch
 
-    from clipmodel.eval import image_features
-    from clipmodel.linear_probe import linear_probe
-    from clipmodel.zeroshot import read_labels
+    from clipmodel.eval.linear_probe import linear_probe
+    from clipmodel.eval.reports import image_features
+    from clipmodel.eval.zeroshot import read_labels
 
     train_dir, test_dir = args.linear_probe
     train = read_labels(train_dir)

@@ -60,7 +60,7 @@ def run_search(args: argparse.Namespace) -> int:
         raise CommandError("give exactly one query: TEXT, --image FILE or --key KEY")
     if args.top_k < 1 or args.nprobe < 1 or args.ivf_threshold < 1:
         raise CommandError("--top-k, --nprobe and --ivf-threshold must be >= 1")
-    from clipmodel import search as S
+    from clipmodel.embed import search as S
 
     store = S.EmbeddingStore(args.embeddings)
     _check_dataset(args.dataset, args.embeddings, store.info)
@@ -89,7 +89,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def _check_dataset(dataset: str, embeddings: Path, info: dict[str, Any]) -> None:
     """Results name the dataset's samples: refuse embeddings of another dataset, or of an earlier build of it."""
-    from clipmodel.checkpointing import file_sha256
+    from clipmodel.train.checkpointing import file_sha256
     from schemas.manifest import MANIFEST_NAME
 
     if "://" not in dataset and not Path(dataset).exists():
@@ -105,8 +105,8 @@ def _encode_query(args: argparse.Namespace, info: dict[str, Any]):
         raise CommandError(f"image {args.image} not found")
     from PIL import Image
 
+    from clipmodel.embed.search import check_model, encode_images, encode_texts
     from clipmodel.inference import load_model
-    from clipmodel.search import check_model, encode_images, encode_texts
 
     loaded = load_model(args.model, arch=args.arch, device=args.device)
     check_model(loaded, info)

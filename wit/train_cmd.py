@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from clipmodel.train_config import AUGMENTATIONS
+from clipmodel.train.config import AUGMENTATIONS
 from wit import CommandError
 
 _EPILOG = """\
@@ -79,7 +79,7 @@ def _absolute(spec: str) -> str:
 
 def given_settings(args: argparse.Namespace) -> dict:
     """The settings the user gave: the --config file's, overridden by flags on the command line."""
-    from clipmodel.train_config import load_config_file, parse_sources
+    from clipmodel.train.config import load_config_file, parse_sources
 
     given = load_config_file(args.config) if args.config else {}
     if isinstance(given.get("data"), list | str):
@@ -96,8 +96,8 @@ def given_settings(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from clipmodel.train import train
-    from clipmodel.train_config import TrainError
+    from clipmodel.train.config import TrainError
+    from clipmodel.train.trainer import train
 
     try:
         given = given_settings(args)
@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _check_datasets(sources: list) -> None:
     """A missing local dataset fails here, before any model is built."""
-    from clipmodel.train_config import DataSource
+    from clipmodel.train.config import DataSource
 
     for source in sources:
         path = source["path"] if isinstance(source, dict) else DataSource.parse(str(source)).path

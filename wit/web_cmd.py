@@ -46,7 +46,7 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pipeline.synthweb import WebConfig, generate_web
+    from synthweb import WebConfig, generate_web
 
     given = {k: getattr(args, k) for k in ("seed", "pages", "hosts", "images_per_page", "eval_per_class")}
     try:
@@ -79,8 +79,8 @@ def _ports(text: str | None) -> list[int] | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from pipeline.synthweb import serve_web
-    from pipeline.synthweb.truth import SITE_FILE
+    from synthweb import serve_web
+    from synthweb.truth import SITE_FILE
 
     if not (args.web_dir / SITE_FILE).is_file():
         raise CommandError(f"{args.web_dir} holds no synthetic web (no {SITE_FILE}); run `wit web generate` first")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from clipmodel import embeddings as emb
+from clipmodel.embed import embeddings as emb
 from pipeline.filter.clip_score import ClipScoreConfig
 from pipeline.filter.references import References
 from pipeline.filter.semdedup import SemDedupConfig, cluster_count, train_centroids, training_rows

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from clipmodel.train_log import METRICS_FILE
+from clipmodel.train.log import METRICS_FILE
 
 RUN_FORMAT = "wit-builder-run-stats"
 VERSION = 1
-# clipmodel.train.CONFIG_FILE; not imported, because clipmodel.train pulls in torch.
+# clipmodel.train.trainer.CONFIG_FILE; not imported, because clipmodel.train.trainer pulls in torch.
 CONFIG_FILE = "config.json"
 
 TRAIN_FIELDS = ("step", "samples", "loss", "lr", "temperature", "samples_per_s")

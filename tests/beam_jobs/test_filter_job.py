@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs import filter as filter_job
-from clipmodel import embeddings as emb
+from clipmodel.embed import embeddings as emb
 from pipeline.filter.clip_score import clip_scores
 from pipeline.filter.semdedup import SemDedupConfig, semdedup
 from pipeline.shard_reader import load_manifest, read_dataset, verify_dataset
@@ -167,8 +167,8 @@ def test_with_a_tiny_model_concepts_and_eval_images(make_shapes_dataset, tmp_pat
     """The wiring with a real encoder: every verdict equals what the pure functions say of the same embeddings."""
     import torch
 
-    from clipmodel.encode import EncodeConfig, encode_dataset
-    from clipmodel.encode_refs import encode_image_files, encode_texts
+    from clipmodel.embed.encode import EncodeConfig, encode_dataset
+    from clipmodel.embed.encode_refs import encode_image_files, encode_texts
     from clipmodel.factory import create_model
     from clipmodel.inference import load_model
     from pipeline.filter.references import nearest_reference

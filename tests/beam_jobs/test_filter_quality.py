@@ -21,20 +21,20 @@ import pytest
 from PIL import Image
 
 from beam_jobs import filter as filter_job
-from clipmodel import embeddings as emb
-from clipmodel.encode import EncodeConfig, encode_dataset
+from clipmodel.embed import embeddings as emb
+from clipmodel.embed.encode import EncodeConfig, encode_dataset
 from clipmodel.inference import load_model
-from clipmodel.train import train
+from clipmodel.train.trainer import train
 from pipeline.curate.image_dedup import dedup_images_pure
 from pipeline.fetch.image import image_signals
 from pipeline.filter.clip_score import clip_scores
 from pipeline.filter.semdedup import SemDedupConfig, semdedup
 from pipeline.shard_reader import load_manifest, read_dataset, verify_dataset
 from pipeline.shards import DatasetWriter
-from pipeline.synthweb import load_truth
-from pipeline.synthweb.captions import CaptionWriter
-from pipeline.synthweb.draw import encode
 from schemas import fields, reasons
+from synthweb import load_truth
+from synthweb.captions import CaptionWriter
+from synthweb.draw import encode
 
 # ~70 s on two idle cores, training most of it; the timeout leaves room for a machine shared with other jobs.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("one_thread")]

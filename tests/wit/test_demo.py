@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from clipmodel.embeddings import read_info
+from clipmodel.embed.embeddings import read_info
 from clipmodel.inference import load_model
 from pipeline.shard_reader import read_dataset, verify_dataset
 from schemas import DatasetManifest, reasons

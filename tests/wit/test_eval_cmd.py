@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clipmodel import embeddings as emb
-from pipeline.synthweb.spec import SHIFTS
-from pipeline.synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
+from clipmodel.embed import embeddings as emb
+from synthweb.spec import SHIFTS
+from synthweb.truth import EVAL_DIR, EVAL_SHIFT_DIR, LABELS_FILE
 from wit import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipmodel import embeddings as emb
+from clipmodel.embed import embeddings as emb
 from wit import cli
 
 

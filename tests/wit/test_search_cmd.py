@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from clipmodel import embeddings as emb
-from clipmodel.encode import EncodeConfig, encode_dataset
+from clipmodel.embed import embeddings as emb
+from clipmodel.embed.encode import EncodeConfig, encode_dataset
+from clipmodel.embed.search import encode_texts
 from clipmodel.factory import create_model
 from clipmodel.inference import load_model
-from clipmodel.search import encode_texts
 from pipeline.shard_reader import read_dataset
 from wit import cli
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clipmodel import checkpointing as ckpt
+from clipmodel.train import checkpointing as ckpt
 from wit.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

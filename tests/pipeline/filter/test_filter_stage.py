@@ -10,7 +10,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from clipmodel import embeddings as emb
+from clipmodel.embed import embeddings as emb
 from pipeline.filter.clip_score import ClipScoreConfig
 from pipeline.filter.plan import FilterPlan, embeddings_info, make_plan, read_embedding_shard, training_sample
 from pipeline.filter.references import References

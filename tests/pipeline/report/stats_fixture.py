@@ -218,7 +218,7 @@ def make_compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_metrics(run: Path, steps: int = 20, eval_every: int = 5, torn: bool = False, noisy: bool = False) -> Path:
-    """A metrics.jsonl (and config.json) as clipmodel.train_log writes them: loss falls from 4.0 by 0.1 a step
+    """A metrics.jsonl (and config.json) as clipmodel.train.log writes them: loss falls from 4.0 by 0.1 a step
     (`noisy`: plus a jagged term in [0, 0.5), like a real loss, which no plotting can simplify away)."""
     run.mkdir(parents=True, exist_ok=True)
     lines = []

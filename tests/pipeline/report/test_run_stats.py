@@ -78,8 +78,8 @@ def test_a_malformed_config_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.slow  # trains a micro CLIP for 6 steps and evaluates it zero-shot (~5-10 s, plus the shared web)
 @pytest.mark.usefixtures("one_thread")
 def test_the_metrics_of_a_real_training_run(make_shapes_dataset, micro_model: Path, web_dir: Path, tmp_path) -> None:
-    from clipmodel.train import CONFIG_FILE as TRAIN_CONFIG_FILE
-    from clipmodel.train import train
+    from clipmodel.train.trainer import CONFIG_FILE as TRAIN_CONFIG_FILE
+    from clipmodel.train.trainer import train
     from pipeline.report.render import render_report
 
     assert CONFIG_FILE == TRAIN_CONFIG_FILE

@@ -1,0 +1,1 @@
+"""The CLIP trainer behind `wit train`: run config, optimisation step, logging, checkpoints, distributed setup."""
