@@ -122,6 +122,14 @@ def train_and_eval(
     train_s = time.monotonic() - t
     _wit(["eval", "--model", str(run / "train"), "--web", str(web), "--retrieval", held_out,
           "--out", str(run / "eval.json"), "--workers", "1"])  # fmt: skip
+    result = run_result(run, web, seed) | {"train_s": train_s}
+    result["samples_per_s"] = recipe["steps"] * recipe["batch_size"] / train_s
+    (run / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def run_result(run: Path, web: Path, seed: int) -> dict[str, Any]:
+    """One finished run's numbers, from its eval.json and metrics.jsonl."""
     results = json.loads((run / "eval.json").read_text())
     zs = results["zeroshot"][str(web / "eval")]
     rob = results["robustness"][str(web / "eval")]
@@ -137,8 +145,6 @@ def train_and_eval(
         "shifts_top1": {name: v["top1"] for name, v in rob["sets"].items() if name != rob["reference"]},
         "retrieval": retrieval,
         "loss_first_last": [losses[0], losses[-1]] if losses else None,
-        "train_s": train_s,
-        "samples_per_s": recipe["steps"] * recipe["batch_size"] / train_s,
     }
 
 

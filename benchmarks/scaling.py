@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from curation_ablation import _one_thread, _wit, make_datasets
-from recipe import BASE, DEMO, EXPERIMENTS, train_and_eval
+from recipe import BASE, DEMO, EXPERIMENTS, run_result, train_and_eval
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scaling.json"
@@ -33,7 +33,8 @@ def main() -> None:
     p.add_argument("--recipe", default=DEMO, choices=sorted(EXPERIMENTS))
     p.add_argument("--web-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--eval-every", type=int, default=150, metavar="STEPS")
+    p.add_argument("--eval-every", type=int, default=300, metavar="STEPS")
+    p.add_argument("--reuse", action="store_true", help="keep the runs an earlier invocation finished")
     args = p.parse_args()
     _one_thread()
     recipe = BASE | EXPERIMENTS[args.recipe]
@@ -48,7 +49,11 @@ def main() -> None:
             make_datasets(s, work)
         for arm in ("curated", "raw"):
             run = work / "scaling" / f"{args.recipe}-{arm}"
-            result = train_and_eval(work / arm, work / "web", run, recipe, args.seed, work, args.eval_every)
+            if args.reuse and (run / "eval.json").is_file():  # finished earlier (its train_s, if any, kept)
+                saved = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
+                result = saved or run_result(run, work / "web", args.seed)
+            else:
+                result = train_and_eval(work / arm, work / "web", run, recipe, args.seed, work, args.eval_every)
             metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
             curve = [(m["samples"], m["top1"]) for m in metrics if m["kind"] == "eval"]
             rows = sum(json.loads((work / arm / "sizes.json").read_text()).values())
