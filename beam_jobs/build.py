@@ -20,7 +20,7 @@ from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
 from pipeline import fsio
 from pipeline.batches import BATCH_ROWS, Unbatch
-from pipeline.curate.balance import BalanceQueries, WriteBalanceCounts
+from pipeline.curate.balance import BalanceConfig, BalanceQueries, WriteBalanceCounts
 from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
 from pipeline.curate.image_dedup import DedupImages
 from pipeline.curate.image_refs import reference_sets
@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     curation.add_argument("--lang-model", choices=("fasttext", "langdetect"))
     curation.add_argument("--min-words", type=int)
     curation.add_argument("--dedup", choices=("url", "pair", "none"), help="candidate dedup key (default url)")
-    curation.add_argument("--t", type=int, help="WIT balancing: pairs kept per query entry (default 20000)")
+    curation.add_argument(
+        "--t", type=int, help=f"WIT balancing: pairs kept per query entry (default {BalanceConfig().t})"
+    )
     curation.add_argument("--metadata", help="query list: one entry per line, or MetaCLIP metadata.json")
     curation.add_argument("--no-balance", action="store_true", help="skip query matching and balancing")
     curation.add_argument("--near-k", type=int, help="near-duplicate Hamming distance on the 64-bit pHash (4)")

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from beam_jobs.options import add_politeness_arguments, fetch_config, split_args
+from beam_jobs.options import add_politeness_arguments, fetch_config, given, split_args
 from pipeline import fsio
 from pipeline.fetch.hosts import format_host_summary, host_summary
+from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.image import RESIZE_MODES, ImageConfig
 from pipeline.fetch.retry import CARRIED, RETRY, ReadFailed, carry_shards, load_retry_source
 from pipeline.fetch.stage import BucketJob, FetchBuckets
@@ -26,7 +27,7 @@ from schemas.manifest import MANIFEST_NAME
 from schemas.reasons import REJECTED
 
 # Image settings a retry takes from the dataset it retries unless given: new samples must match the old ones.
-_IMAGE_DEFAULTS = {"image_size": 256, "resize_mode": "keep_ratio", "min_side": 32}
+_IMAGE = ImageConfig()  # the defaults: ImageConfig is their only home
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +57,15 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         "so a shard holds the successes of N candidates give or take about sqrt(N). wit build: exactly N per shard "
         "(the last one smaller). Default 10000 (a retry: as the dataset it retries)",
     )
-    parser.add_argument("--image-size", type=int, help="default 256 (a retry: as the dataset it retries)")
-    parser.add_argument("--resize-mode", choices=RESIZE_MODES, help="default keep_ratio (a retry: as before)")
-    parser.add_argument("--min-image-side", type=int, help="default 32 (a retry: as the dataset it retries)")
-    parser.add_argument("--tries", type=int, default=3, help="tries for 429/503 responses")
+    parser.add_argument(
+        "--image-size", type=int, help=f"default {_IMAGE.image_size} (a retry: as the dataset it retries)"
+    )
+    parser.add_argument(
+        "--resize-mode", choices=RESIZE_MODES, help=f"default {_IMAGE.resize_mode} (a retry: as before)"
+    )
+    parser.add_argument("--min-image-side", type=int,
+                        help=f"default {_IMAGE.min_side} (a retry: as the dataset it retries)")  # fmt: skip
+    parser.add_argument("--tries", type=int, help=f"tries for 429/503 responses (default {FetchConfig().tries})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     add_politeness_arguments(parser)
 
@@ -78,14 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _image_config(args: argparse.Namespace, earlier: dict) -> ImageConfig:
     given = {"image_size": args.image_size, "resize_mode": args.resize_mode, "min_side": args.min_image_side}
-    values = {k: v if v is not None else earlier.get(k, _IMAGE_DEFAULTS[k]) for k, v in given.items()}
+    values = {k: v if v is not None else earlier.get(k, getattr(_IMAGE, k)) for k, v in given.items()}
     return ImageConfig(**values)
 
 
 def _job_config(args: argparse.Namespace, retry: DatasetManifest | None) -> dict:
     """The config written into the manifest: what produced this dataset, so it can be reproduced or compared."""
     earlier = retry.config if retry else {}
-    fetch_cfg = fetch_config(args, tries=args.tries)
+    fetch_cfg = fetch_config(args, **given(tries=args.tries))
     config = {
         "job": "fetch",
         "fetch": dataclasses.asdict(fetch_cfg) | {"disallowed_directives": sorted(fetch_cfg.disallowed_directives)},
@@ -130,7 +136,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     args, options = split_args(parser, argv)
     retry = _check(parser, args)
     config = _job_config(args, retry)
-    fetch_cfg, image_cfg = fetch_config(args, tries=args.tries), ImageConfig(**config["image"])
+    fetch_cfg, image_cfg = fetch_config(args, **given(tries=args.tries)), ImageConfig(**config["image"])
     fingerprint = run_fingerprint(config)
     try:
         buckets = buckets_for(_candidate_count(args, config, retry), config["samples_per_shard"])

@@ -12,6 +12,7 @@ from pipeline.fetch.politeness import USER_AGENT_TOKEN, parse_optout_list, user_
 # Prism, Beam's newer default, downloads a binary at start; the in-process FnApiRunner works offline.
 DEFAULT_RUNNER = "FnApiRunner"
 DASK_RUNNER = "beam_jobs.dask_runner.DaskRunner"
+_FETCH = FetchConfig()  # the defaults the flags' help shows
 
 
 def split_args(
@@ -47,10 +48,18 @@ def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optout-list", help="file of domains or URL prefixes never to fetch")
     parser.add_argument("--user-agent-token", default=USER_AGENT_TOKEN, help="the name robots.txt rules match")
     parser.add_argument("--contact", help="URL or mailto: put in the User-Agent so site owners can reach you")
-    parser.add_argument("--max-per-host", type=int, default=16, help="requests in flight to one host")
-    parser.add_argument("--min-host-delay", type=float, default=0.0, help="seconds between requests to one host")
-    parser.add_argument("--timeout", type=float, default=10.0, help="read timeout in seconds")
+    # No defaults here: FetchConfig's are the only ones (fetch_config fills what is not given), shown in the help.
+    parser.add_argument("--max-per-host", type=int,
+                        help=f"requests in flight to one host (default {_FETCH.max_per_host})")  # fmt: skip
+    parser.add_argument("--min-host-delay", type=float,
+                        help=f"seconds between requests to one host (default {_FETCH.min_host_delay:g})")  # fmt: skip
+    parser.add_argument("--timeout", type=float, help=f"read timeout in seconds (default {_FETCH.read_timeout:g})")
     parser.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt")
+
+
+def given(**values) -> dict:
+    """The settings a user gave: flags left unset (None) are dropped, so the config dataclass's defaults apply."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def fetch_config(args: argparse.Namespace, **extra) -> FetchConfig:
@@ -58,9 +67,7 @@ def fetch_config(args: argparse.Namespace, **extra) -> FetchConfig:
     return FetchConfig(
         user_agent=user_agent(args.user_agent_token, args.contact),
         user_agent_token=args.user_agent_token,
-        read_timeout=args.timeout,
-        max_per_host=args.max_per_host,
-        min_host_delay=args.min_host_delay,
+        **given(read_timeout=args.timeout, max_per_host=args.max_per_host, min_host_delay=args.min_host_delay),
         allow_private=args.allow_private == [],
         private_allowlist=tuple(args.allow_private or ()),
         optout=optout,
