@@ -210,6 +210,12 @@ def mentioned_classes(text: str) -> set[str]:
     return {class_label(c, s) for c in colours for s in shapes}
 
 
+def named_class(text: str | None) -> str | None:
+    """The one class a caption names, or None when it names none or several."""
+    said = mentioned_classes(text or "")
+    return next(iter(said)) if len(said) == 1 else None
+
+
 def html_escape(text: str) -> str:
     """Escape for an HTML attribute or text node: &, <, >, quotes as &amp; &lt; &gt; &quot; &#39;, and every
     non-ASCII character as a named entity where HTML has one (&eacute;), else a numeric one."""

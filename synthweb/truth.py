@@ -1,6 +1,7 @@
 """The ground truth of a synthetic web: one row per URL (Arrow schema, writer, reader) and the eval-set label files."""
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,6 +92,24 @@ def picture_of(url: str, by_url: dict[str, dict], by_id: dict[str, dict]) -> dic
     while row is not None and row.get("target"):
         row = by_id.get(row["target"])
     return row
+
+
+def pictured_labels(web_dir: str | Path, urls: list[str | None]) -> list[str | None]:
+    """The class each URL's picture shows (following redirects), matched by the URL's path since the ports change
+    with each serve; None for a URL the web does not know, a path two hosts share, or bytes that are no picture."""
+    rows = load_truth(web_dir)
+    by_id = {r["id"]: r for r in rows}
+    by_path: dict[str, list[dict]] = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r)
+    out = []
+    for url in urls:
+        found = by_path.get(urlsplit(url).path, []) if url else []
+        row = found[0] if len(found) == 1 else None
+        while row is not None and row.get("target"):
+            row = by_id.get(row["target"])
+        out.append(row["label"] or None if row is not None else None)
+    return out
 
 
 def same_text(a: str | None, b: str | None) -> bool:

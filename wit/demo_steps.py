@@ -153,6 +153,12 @@ def eval_numbers(path: Path, web_eval: Path, retrieval: bool = True) -> dict[str
     out["retrieval"] = {"pairs": r["pairs"], "distinct_captions": r["distinct_captions"]}
     for way in ("image_to_text", "text_to_image"):
         out["retrieval"][way] = {k: r[way][k] for k in ("R@1", "R@5", "R@10")}
+    if truth := r.get("web_truth"):
+        out["retrieval"]["truth"] = {"truthful_pairs": truth["truthful_pairs"]} | {
+            name: {way: truth[name][way]["R@10"] for way in ("image_to_text", "text_to_image")}
+            for name in ("truthful", "label_oracle")
+            if name in truth
+        }
     return out
 
 
@@ -188,7 +194,12 @@ def targets(zeroshot: dict[str, Any]) -> list[dict[str, Any]]:
         value = zeroshot
         for key in path:
             value = value[key]
-        out.append({"target": what, "at_least": floor, "value": value, "met": value >= floor})
+        row = {"target": what, "at_least": floor, "value": value, "met": value >= floor}
+        if path[0] == "retrieval" and "label_oracle" in (truth := zeroshot["retrieval"].get("truth", {})):
+            # What a retriever perfect at colour and shape would score: the captions that name another picture's
+            # class cap every model, so this is how far the floor is within reach.
+            row["class_perfect"] = truth["label_oracle"][path[1]]
+        out.append(row)
     for name, top1 in zeroshot["shifts"].items():
         chance = zeroshot["chance"]
         out.append({"target": f"zero-shot top-1 under the {name} shift", "above": chance, "value": top1,
@@ -228,10 +239,18 @@ def format_summary(s: dict[str, Any]) -> str:
             w = r[way]
             lines.append(f"  {way.replace('_to_', ' -> '):<18} R@1 {_pct(w['R@1'])}  R@5 {_pct(w['R@5'])}  "
                          f"R@10 {_pct(w['R@10'])}")  # fmt: skip
+        if t := r.get("truth"):
+            lines.append(f"  by the web's truth {t['truthful_pairs']} of {r['pairs']} captions name the class their "
+                         "picture shows; R@10 image -> text, text -> image:")  # fmt: skip
+            for name, title in (("truthful", "on those pairs"), ("label_oracle", "class-perfect model")):
+                if name in t:
+                    lines.append(f"  {title:<18} {_pct(t[name]['image_to_text'])}, {_pct(t[name]['text_to_image'])}")
     if s.get("targets"):
         lines.append("targets:")
         for t in s["targets"]:
             bar = f">= {_pct(t['at_least'])}" if "at_least" in t else f"> {_pct(t['above'])} (chance)"
+            if "class_perfect" in t:
+                bar += f" (a class-perfect model: {_pct(t['class_perfect'])})"
             lines.append(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['target']:<42} {_pct(t['value']):>6}  {bar}")
     ft = s.get("filter_vs_truth")
     if ft:

@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", metavar="NAME", help="architecture of bare weights: a named config or a JSON path")
     p.add_argument("--zeroshot", nargs="+", action="extend", default=[], metavar="DIR", help="labelled sets")
     p.add_argument("--label-field", metavar="NAME", help="--zeroshot shards: the JSON field holding each class")
-    p.add_argument("--web", type=Path, metavar="WEBDIR", help="a synthetic web: eval/ and every eval_shift/<shift>/")
+    p.add_argument("--web", type=Path, metavar="WEBDIR",
+                   help="a synthetic web: eval/ and every eval_shift/<shift>/ (and with --retrieval, its truth judges "
+                        "the pairs)")  # fmt: skip
     p.add_argument("--shifts", nargs="+", action="extend", default=[], metavar="DIR",
                    help="shifted copies of the first --zeroshot set: robustness against it")  # fmt: skip
     p.add_argument("--templates", default="default", metavar="SET", help="default, imagenet80, or a file (one a line)")
@@ -164,7 +166,30 @@ def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
             emb = load_embeddings(Path(tmp) / "emb")
     if len(emb) == 0:
         raise CommandError(f"--retrieval {source}: no embeddings to retrieve among")
-    return {"source": str(source), **retrieval_report(emb.image, emb.text, emb.captions, device=device)}
+    out = {"source": str(source), **retrieval_report(emb.image, emb.text, emb.captions, device=device)}
+    if args.web:
+        out["web_truth"] = _retrieval_vs_truth(emb, args.web, device)
+    return out
+
+
+def _retrieval_vs_truth(emb, web: Path, device) -> dict[str, Any]:
+    """What the retrieval numbers could be, by the synthetic web's truth: web alt text names another picture's class
+    now and then (as on the real web), and no model finds a pair whose caption describes something else. Reports
+    the pairs whose caption names the class their picture shows, the model's recall on those alone, and the recall
+    of a retriever perfect at the class and blind to the rest (label_oracle_report)."""
+    from clipmodel.eval.retrieval import label_oracle_report, retrieval_report
+    from synthweb.captions import named_class
+    from synthweb.truth import pictured_labels
+
+    pictured = pictured_labels(web, emb.urls)
+    named = [named_class(c) for c in emb.captions]
+    truthful = [i for i, (p, n) in enumerate(zip(pictured, named, strict=True)) if p is not None and p == n]
+    out: dict[str, Any] = {"pairs_known": sum(p is not None for p in pictured), "truthful_pairs": len(truthful)}
+    out["label_oracle"] = label_oracle_report(pictured, named, emb.captions)
+    if truthful:
+        out["truthful"] = retrieval_report(emb.image[truthful], emb.text[truthful],
+                                           [emb.captions[i] for i in truthful], device=device)  # fmt: skip
+    return out
 
 
 def _linear_probe(args: argparse.Namespace, loaded, cfg, device) -> dict[str, Any]:
@@ -211,6 +236,14 @@ def format_table(results: dict[str, Any]) -> str:
         for way in ("image_to_text", "text_to_image"):
             recalls = "  ".join(f"{k} {v:.4f}" for k, v in r[way].items() if k.startswith("R@"))
             lines.append(f"  {way.replace('_to_', '->'):<14} {recalls}")
+        if truth := r.get("web_truth"):
+            lines.append(f"  by the web's truth: {truth['truthful_pairs']} of {r['pairs']} captions name the class "
+                         "their picture shows")  # fmt: skip
+            for name, title in (("truthful", "on those pairs"), ("label_oracle", "a class-perfect retriever")):
+                if name in truth:
+                    lines.append(f"  {title}: " + "  ".join(
+                        f"{way.replace('_to_', '->')} R@10 {truth[name][way]['R@10']:.4f}"
+                        for way in ("image_to_text", "text_to_image")))  # fmt: skip
     if "linear_probe" in results:
         p = results["linear_probe"]
         lines.append(f"linear probe {p['train']} -> {p['test']}: top1 {p['top1']:.4f} at C={p['C']:.3g}"

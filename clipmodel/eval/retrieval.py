@@ -14,6 +14,8 @@ Similarities are computed a block of queries at a time against the whole gallery
 materialises: a block holds at most `max_block` similarities.
 """
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,3 +107,70 @@ def retrieval_report(
         "image_to_text": recall_summary(i2t.cpu(), ks),
         "text_to_image": recall_summary(t2i.cpu(), ks),
     }
+
+
+def _miss(n: int, positives: int, k: int) -> float:
+    """Chance that none of `positives` items lands in the first `k` of `n` items in uniformly random order."""
+    k = min(k, n)
+    if positives <= 0 or k <= 0:
+        return 1.0
+    if n - positives < k:
+        return 0.0
+    log = math.lgamma(n - positives + 1) - math.lgamma(n - positives - k + 1)
+    return math.exp(log - math.lgamma(n + 1) + math.lgamma(n - k + 1))  # C(n-p, k) / C(n, k)
+
+
+def _expected_hit(matching: int, others: int, pos_matching: int, pos_others: int, k: int) -> float:
+    """Expected hit@k when the `matching` items rank first (random order among them) and the `others` after."""
+    if k <= matching:
+        return 1.0 - _miss(matching, pos_matching, k)
+    if pos_matching:
+        return 1.0
+    return 1.0 - _miss(others, pos_others, k - matching)
+
+
+def label_oracle_report(
+    image_labels: Sequence[str | None],
+    caption_labels: Sequence[str | None],
+    captions: Sequence[str | None],
+    ks: Sequence[int] = KS,
+) -> dict[str, Any]:
+    """Expected Recall@K, under retrieval_report's conventions, of a retriever that knows only each image's class and
+    the class each caption names (None: none) and orders ties at random: a model perfect at the class and blind to
+    everything else a caption says. Its recall is capped by the pairs whose caption names another class than the
+    picture shows, and by how many captions share a class, so it tells what a retrieval number could reach."""
+    n = len(image_labels)
+    if not n == len(caption_labels) == len(captions):
+        raise ValueError(f"{n} image labels, {len(caption_labels)} caption labels, {len(captions)} captions")
+    groups = caption_groups(captions)
+    distinct = _first_of_each(groups)
+    group_label = {int(groups[i]): caption_labels[i] for i in distinct}  # a caption string names one class
+    gallery_texts = Counter(group_label.values())  # distinct captions per named class
+    images_of = Counter(image_labels)
+    group_images: dict[int, Counter] = {}
+    for g, label in zip(groups.tolist(), image_labels, strict=True):
+        group_images.setdefault(g, Counter())[label] += 1
+
+    def matching(counts: Counter, label: str | None) -> int:
+        return counts[label] if label is not None else 0
+
+    out: dict[str, Any] = {"pairs": n, "distinct_captions": len(distinct)}
+    for way, queries in (("image_to_text", range(n)), ("text_to_image", distinct)):
+        hits = {k: 0.0 for k in ks}
+        for i in queries:
+            g = int(groups[i])
+            if way == "image_to_text":
+                label, total = image_labels[i], len(distinct)
+                top = matching(gallery_texts, label)
+                own = int(label is not None and group_label[g] == label)  # its one positive: its own caption
+                pos_top, pos_rest = own, 1 - own
+            else:
+                label, total = group_label[g], n
+                top = matching(images_of, label)
+                pos_top = matching(group_images[g], label)
+                pos_rest = sum(group_images[g].values()) - pos_top
+            for k in ks:
+                hits[k] += _expected_hit(top, total - top, pos_top, pos_rest, k)
+        count = len(queries)
+        out[way] = {"queries": count} | {f"R@{k}": hits[k] / count if count else 0.0 for k in ks}
+    return out

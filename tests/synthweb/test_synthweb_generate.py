@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from synthweb import FAULTS, WebConfig, generate_web, load_eval, load_truth, vocabulary
-from synthweb.captions import mentioned_classes
+from synthweb.captions import mentioned_classes, named_class
 from synthweb.spec import IMAGE_FORMATS, PIL_FORMATS, SHIFTS
-from synthweb.truth import TRUTH_SCHEMA
+from synthweb.truth import TRUTH_SCHEMA, pictured_labels
 
 _PIL_TO_EXT = {v: k for k, v in PIL_FORMATS.items()}
 
@@ -205,3 +205,20 @@ def test_eval_leaks_are_near_copies_of_train_eval_images(web_dir, images):
         source = labels[r["eval_leak"]]
         assert source["split"] == "train" and source["label"] == r["label"]
         assert r["sha256"] != hashlib.sha256((web_dir / r["eval_leak"]).read_bytes()).hexdigest()
+
+
+def test_pictured_labels_by_path_and_through_redirects(web_dir, truth):
+    by_id = {r["id"]: r for r in truth}
+    pictures = [r for r in truth if r["kind"] == "image" and r["label"] and not r["target"]][:5]
+    redirect = next(r for r in truth if r["target"] and by_id[r["target"]]["label"])
+    urls = [f"http://127.0.0.1:1{i}/{r['path'].lstrip('/')}" for i, r in enumerate(pictures)]  # any port
+    urls += [f"http://[::1]:9{redirect['path']}", "http://127.0.0.1:1/not/in/the/web.jpg", None]
+    expected = [r["label"] for r in pictures] + [by_id[redirect["target"]]["label"], None, None]
+    assert pictured_labels(web_dir, urls) == expected
+
+
+def test_named_class_is_the_one_class_a_caption_names():
+    assert named_class("Stock image: an orange triangle isolated on a gradient background") == "orange triangle"
+    assert named_class("un cercle rouge") == "red circle"
+    assert named_class("a red circle beside a blue square") is None  # several
+    assert named_class("Click here to enlarge") is None and named_class(None) is None

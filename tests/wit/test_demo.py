@@ -83,6 +83,11 @@ def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, caps
     retrieval = results["retrieval"]
     assert retrieval["source"].endswith("00000.tar") and retrieval["pairs"] == manifest.shards[0].rows
     assert 0 <= retrieval["image_to_text"]["R@1"] <= retrieval["image_to_text"]["R@5"] <= 1
+    # Judged by the web's truth: every pair's picture is known; some captions name another picture's class.
+    by_truth = retrieval["web_truth"]
+    assert by_truth["pairs_known"] == retrieval["pairs"] and 0 < by_truth["truthful_pairs"] < retrieval["pairs"]
+    assert by_truth["truthful"]["pairs"] == by_truth["truthful_pairs"]
+    assert 0 < by_truth["label_oracle"]["image_to_text"]["R@10"] < 1
 
     # Bootstrap: embeddings of every sample, and a filtered dataset that verifies and is a strict subset.
     info = read_info(out / "embeddings")
@@ -112,6 +117,8 @@ def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, caps
         t["met"] == (t["value"] >= t.get("at_least", 2) or t["value"] > t.get("above", 2)) for t in targets.values()
     )
     assert {"zero-shot top-1 under the sketch shift", "retrieval text -> image R@10"} <= set(targets)
+    oracle = by_truth["label_oracle"]["text_to_image"]["R@10"]
+    assert targets["retrieval text -> image R@10"]["class_perfect"] == oracle
     truth = summary["filter_vs_truth"]
     assert truth["samples"] == manifest.rows and truth["kept"] == kept.rows and truth["no_truth"] == 0
     removed = truth["clip_score"]["removed"] + truth["semantic_dedup"]["removed"]
@@ -120,6 +127,7 @@ def test_reduced_demo_runs_every_step_and_every_artifact_verifies(tmp_path, caps
     assert summary["zeroshot_after_filter"]["top1"] == after["top1"]
     assert "zero-shot top-1" in printed and "R@1" in printed and "precision" in printed
     assert "trained again on the filtered dataset" in printed and "targets:" in printed
+    assert "class-perfect model" in printed
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipmodel.eval.retrieval import caption_groups, positive_ranks, recall_summary, retrieval_report
+from clipmodel.eval.retrieval import (
+    caption_groups,
+    label_oracle_report,
+    positive_ranks,
+    recall_summary,
+    retrieval_report,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,3 +73,48 @@ def test_caption_groups_and_summary() -> None:
 def test_unpaired_input_is_refused() -> None:
     with pytest.raises(ValueError, match="paired"):
         retrieval_report(np.zeros((3, 4)), np.zeros((2, 4)))
+
+
+def _oracle_embeddings(labels, classes, rng) -> np.ndarray:
+    """One-hot of each item's class (zeros for None), plus noise far below 1 that orders ties at random."""
+    e = np.zeros((len(labels), len(classes) + 1), np.float32)
+    for i, label in enumerate(labels):
+        e[i, classes.index(label) if label is not None else len(classes)] = 1.0
+    return e + rng.normal(0, 1e-3, e.shape).astype(np.float32)
+
+
+def test_label_oracle_matches_random_tie_breaking() -> None:
+    """The closed form against retrieval_report on embeddings that know only the class, averaged over tie orders."""
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    image = [classes[i % 3] for i in range(30)]
+    caption_label = list(image)
+    caption_label[1] = "c"  # a caption naming another class than its picture
+    caption_label[2] = None  # a caption naming none
+    captions = [f"{label} {i % 4}" if label else "nothing" for i, label in enumerate(caption_label)]
+    captions[1] = "c 9"
+    expected = label_oracle_report(image, caption_label, captions, ks=(1, 5, 12))
+    draws = {"image_to_text": [], "text_to_image": []}
+    for _ in range(400):
+        r = retrieval_report(_oracle_embeddings(image, classes, rng), _oracle_embeddings(caption_label, classes, rng),
+                             captions, ks=(1, 5, 12))  # fmt: skip
+        for way in draws:
+            draws[way].append([r[way][f"R@{k}"] for k in (1, 5, 12)])
+    for way, values in draws.items():
+        assert expected[way]["queries"] == r[way]["queries"]
+        np.testing.assert_allclose(np.mean(values, axis=0), [expected[way][f"R@{k}"] for k in (1, 5, 12)], atol=0.02)
+
+
+def test_label_oracle_by_hand() -> None:
+    # Two red pictures, one captioned "blue": each red picture has 1 red caption in the gallery of 2 distinct
+    # captions; the mislabelled one's caption ranks second for sure.
+    r = label_oracle_report(["red", "red"], ["red", "blue"], ["red one", "blue one"], ks=(1, 2))
+    assert r["image_to_text"] == pytest.approx({"queries": 2, "R@1": 0.5, "R@2": 1.0})
+    # Text "red one": its picture is one of the 2 red pictures, R@1 1/2; "blue one" names no picture's class, so
+    # all pictures tie and its own is first half the time: R@1 1/2 too.
+    assert r["text_to_image"] == pytest.approx({"queries": 2, "R@1": 0.5, "R@2": 1.0})
+    three = label_oracle_report(["red", "red", "green"], ["red", "blue", "green"], ["r", "b", "g"], ks=(1,))
+    # "b" (blue, no blue picture) -> its picture is 1 of 3 tied pictures; "r" -> 1 of 2 red; "g" -> the only green.
+    assert three["text_to_image"]["R@1"] == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
+    with pytest.raises(ValueError, match="labels"):
+        label_oracle_report(["red"], [], ["x"])
