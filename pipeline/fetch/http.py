@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import urllib3
 
@@ -208,20 +208,30 @@ class Fetcher:
         self.http.clear()
 
 
-def check_target(fetcher: "Fetcher", url: str) -> None:
-    """Refuse non-http(s) URLs, opted-out domains, and (unless allowed) hosts with any non-public address."""
-    cfg = fetcher.cfg
-    parts = urlsplit(url)
+def _parsed(url: str) -> tuple[SplitResult, int]:
+    """The URL's parts and port; Rejected when it is not http(s), or has no host, a port out of range or brackets
+    that do not close (urllib raises ValueError on those, and a page or a redirect may hold any of them)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Rejected(reasons.INVALID_URL, url[:200]) from None
     if parts.scheme not in ("http", "https"):
         raise Rejected(reasons.BLOCKED_SCHEME, url[:200])
     if not parts.hostname:
         raise Rejected(reasons.INVALID_URL, url[:200])
+    return parts, port
+
+
+def check_target(fetcher: "Fetcher", url: str) -> None:
+    """Refuse non-http(s) URLs, opted-out domains, and (unless allowed) hosts with any non-public address."""
+    cfg = fetcher.cfg
+    parts, port = _parsed(url)
     entry = optout_match(url, cfg.optout)
     if entry:
         raise Rejected(reasons.OPTOUT_LIST, entry)
     if cfg.allow_private:
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     for ip in fetcher.addresses(parts.hostname, port):
         if not is_public_address(ip) and not private_allowed(ip, port, cfg.private_allowlist):
             raise Rejected(reasons.BLOCKED_ADDRESS, f"{parts.hostname} resolves to {ip}")
@@ -280,8 +290,11 @@ def _request(fetcher: Fetcher, url: str) -> tuple[urllib3.BaseHTTPResponse, str]
         except urllib3.exceptions.HTTPError as e:
             raise Rejected(exception_reason(e), str(e)[:200]) from None
         if resp.status in _REDIRECTS and resp.headers.get("Location"):
-            url = urljoin(url, resp.headers["Location"])
             _release(resp, consumed=False)
+            try:
+                url = urljoin(url, resp.headers["Location"])
+            except ValueError:  # the server's Location does not parse: the next hop cannot be made
+                raise Rejected(reasons.INVALID_URL, f"redirect to {resp.headers['Location']}"[:200]) from None
             continue
         return resp, url
     raise Rejected(reasons.TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects}")
@@ -295,10 +308,13 @@ def _status_reason(status: int) -> str:
 
 def exception_reason(e: urllib3.exceptions.HTTPError) -> str:
     """The reason code of an error urllib3 raised connecting, sending or reading a body: timeout, dns_error or
-    connect_error (refused, TLS, reset, a broken or malformed response). Every request path maps through here, so a
-    failure gets the same code whether it met robots.txt, a redirect hop or the image itself."""
+    connect_error (refused, TLS, reset, a broken or malformed response); invalid_url for a host urllib3 refuses.
+    Every request path maps through here, so a failure gets the same code whether it met robots.txt, a redirect hop
+    or the image itself."""
     if isinstance(e, urllib3.exceptions.MaxRetryError) and isinstance(e.reason, urllib3.exceptions.HTTPError):
         e = e.reason  # our pools never retry, so urllib3 raises the error itself; a pool that retries wraps it
+    if isinstance(e, urllib3.exceptions.LocationValueError):  # a host urllib3 cannot use: trying again won't help
+        return reasons.INVALID_URL
     # NewConnectionError subclasses ConnectTimeoutError, but says the connection was refused or unreachable.
     if isinstance(e, urllib3.exceptions.TimeoutError) and not isinstance(e, urllib3.exceptions.NewConnectionError):
         return reasons.TIMEOUT
@@ -345,6 +361,7 @@ def fetch_url(fetcher: Fetcher, url: str, accept: Callable[[str], bool], sleep=t
     Retry-After does not.
     """
     cfg = fetcher.cfg
+    _parsed(url)  # before the host slot, which keys on the URL's host
     for attempt in range(1, cfg.tries + 1):
         with fetcher.host_slot(url):
             outcome = _attempt(fetcher, url, accept)

@@ -36,7 +36,11 @@ def allowed_netlocs(seeds: Iterable[str], cfg: CrawlConfig) -> frozenset[str]:
 
 def link_allowed(url: str, allowed: frozenset[str]) -> bool:
     """Within an allowed domain: exact host:port for entries with a port, else the host or any subdomain of it."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range: such a link cannot be followed
+    except ValueError:
+        return False
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
     netloc, host = parts.netloc.lower(), parts.hostname.lower()

@@ -60,8 +60,14 @@ def absolute_url(base: str, ref: str | None) -> str | None:
     ref = ref.strip()
     if ref.lower().startswith(("data:", "javascript:", "mailto:", "about:")):
         return None
-    url = urldefrag(urljoin(base, ref)).url
-    return url if urlsplit(url).scheme in ("http", "https") else None
+    try:
+        url = urldefrag(urljoin(base, ref)).url
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        # Unparsable (brackets that do not close): kept as written when it claims http(s), so the image stays a
+        # candidate that fetching rejects as invalid_url instead of vanishing or failing the page.
+        return ref if ref.lower().startswith(("http://", "https://")) else None
+    return url if scheme in ("http", "https") else None
 
 
 def extract_page(html: str | bytes, page_url: str) -> Page:

@@ -137,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/redirect.jpg": lambda: self._send(302, b"", headers={"Location": "/ok.jpg"}),
             "/to-private.jpg": lambda: self._send(301, b"", headers={"Location": "/private/a.jpg"}),
             "/loop-a.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-b.jpg"}),
+            "/to-bad-brackets.jpg": lambda: self._send(302, b"", headers={"Location": "http://[::1/x.jpg"}),
+            "/to-bad-port.jpg": lambda: self._send(302, b"", headers={"Location": "http://127.0.0.1:99999/x.jpg"}),
             "/loop-b.jpg": lambda: self._send(302, b"", headers={"Location": "/loop-a.jpg"}),
             "/corrupt.jpg": lambda: self._send(200, JPEG[:40]),
             "/slow.jpg": self._slow,
@@ -197,12 +199,21 @@ def test_robots_checked_on_every_hop(fetcher, base_url):
         ("/page.jpg", reasons.NOT_AN_IMAGE),
         ("/big.jpg", reasons.TOO_LARGE),
         ("/loop-a.jpg", reasons.TOO_MANY_REDIRECTS),
+        ("/to-bad-brackets.jpg", reasons.INVALID_URL),
+        ("/to-bad-port.jpg", reasons.INVALID_URL),
         ("/always429.jpg", reasons.RATE_LIMITED),
         ("/patient.jpg", reasons.RATE_LIMITED),
     ],
 )
 def test_fetch_rejections(fetcher, base_url, path, reason):
     assert _reason(fetcher, base_url + path) == reason
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/x.jpg", "http://127.0.0.1:99999/x.jpg", "http://:80/x.jpg", "http:///x.jpg", "http://"]
+)
+def test_urls_that_do_not_parse_are_rejected_not_raised(fetcher, url):
+    assert _reason(fetcher, url) == reasons.INVALID_URL
 
 
 def test_opt_out_scoped_to_another_agent_is_fetched(fetcher, base_url):
@@ -337,6 +348,7 @@ _GAI = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         (ux.MaxRetryError(None, "/x.jpg", ux.ReadTimeoutError(None, "/x.jpg", "Read timed out.")), reasons.TIMEOUT),
         (ux.MaxRetryError(None, "/x.jpg", ux.NameResolutionError("h.invalid", None, _GAI)), reasons.DNS_ERROR),
         (ux.MaxRetryError(None, "/x.jpg", ux.NewConnectionError(None, "refused")), reasons.CONNECT_ERROR),
+        (ux.LocationValueError("No host specified."), reasons.INVALID_URL),  # not transient: no retry
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else "",
 )

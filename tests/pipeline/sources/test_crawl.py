@@ -65,6 +65,8 @@ def test_link_allowed():
     assert link_allowed("https://img.example.com/a", domains)
     assert not link_allowed("https://badexample.com/a", domains)
     assert not link_allowed("ftp://example.com/a", domains)
+    # Links a page may hold that urllib cannot parse are not followed (and do not fail the crawl).
+    assert not link_allowed("http://[example.com/a", domains) and not link_allowed("http://example.com:99999/", domains)
 
 
 @pytest.mark.parametrize("depth", [1, 2])

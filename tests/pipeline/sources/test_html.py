@@ -57,3 +57,13 @@ def test_garbage_html_does_not_crash():
     page = extract_page(b"\xff\xfe<<<img src=x.jpg <a href=>", "http://h/")
     assert isinstance(page.images, tuple)
     assert extract_page("", "http://h/").images == ()
+
+
+def test_urls_that_do_not_parse_stay_candidates_and_do_not_fail_the_page():
+    page = extract_page('<img src="http://[::1/x.jpg" alt="a"><img src="http://e.example:99999/y.jpg" alt="b">'
+                        '<img src="ok.jpg" alt="c"><a href="http://[bad/">x</a><a href="next.html">n</a>',
+                        "http://site.example/")  # fmt: skip
+    # Kept as written for fetching to reject as invalid_url: nothing is lost on the way.
+    assert [i.url for i in page.images] == ["http://[::1/x.jpg", "http://e.example:99999/y.jpg",
+                                            "http://site.example/ok.jpg"]  # fmt: skip
+    assert page.links == ("http://[bad/", "http://site.example/next.html")
