@@ -28,6 +28,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from clipmodel import transform
 from clipmodel.inference import LoadedModel, inference_autocast, load_model
 from clipmodel.tokenizer import tokenize
+from pipeline.counters import Counters
 from pipeline.rejection import Rejected, rejection_row
 from schemas import fields, reasons
 from schemas.reasons import REJECTED
@@ -119,12 +120,15 @@ class _Prepare(beam.DoFn):
     def __init__(self, resolution: int, context_length: int):
         self.resolution, self.context_length = resolution, context_length
 
+    def setup(self) -> None:
+        self.counters = Counters(_NAMESPACE)
+
     def process(self, sample: tuple[dict, bytes]) -> Iterator:
         row, image = sample
         try:
             yield prepare(row, image, self.resolution, self.context_length)
         except Rejected as e:
-            Metrics.counter(_NAMESPACE, e.reason).inc()
+            self.counters.inc(e.reason)
             yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(row, e.reason, e.detail))
 
 
@@ -132,6 +136,7 @@ class _Attach(beam.DoFn):
     def __init__(self, with_embeddings: bool, min_score: float | None):
         self.with_embeddings, self.min_score = with_embeddings, min_score
         self.scored = Metrics.counter(_NAMESPACE, "scored")
+        self.low_score = Metrics.counter(_NAMESPACE, reasons.LOW_CLIP_SCORE)
 
     def process(self, result: PredictionResult) -> Iterator:
         prepared, embedded = result.example, result.inference
@@ -140,7 +145,7 @@ class _Attach(beam.DoFn):
         if self.with_embeddings:  # every sample the model saw, kept or not: thresholds get tuned on these
             yield beam.pvalue.TaggedOutput(EMBEDDINGS, (row[fields.KEY], embedded.image, embedded.text))
         if self.min_score is not None and embedded.score < self.min_score:
-            Metrics.counter(_NAMESPACE, reasons.LOW_CLIP_SCORE).inc()
+            self.low_score.inc()
             detail = f"clip_score {embedded.score:.4f} < {self.min_score}"
             yield beam.pvalue.TaggedOutput(REJECTED, rejection_row(row, reasons.LOW_CLIP_SCORE, detail))
         else:

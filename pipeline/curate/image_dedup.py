@@ -35,8 +35,8 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
 
+from pipeline.counters import Counters
 from pipeline.curate.components import ConnectedComponents, UnionFind
 from pipeline.curate.image_refs import PRECEDENCE, ReferenceSet, RefHash
 from pipeline.curate.lsh import (
@@ -295,6 +295,9 @@ class _SplitExact(beam.DoFn):
 
 
 class _Decide(beam.DoFn):
+    def setup(self) -> None:
+        self.counters = Counters("image_dedup")
+
     def process(self, element: tuple) -> Iterator:
         key, g = element
         hit = min(g["hit"]) if g.get("hit") else None
@@ -302,9 +305,9 @@ class _Decide(beam.DoFn):
         group = g["group"][0] if g.get("group") else None
         for row in g["row"]:
             tag, out = decide(row, hit, duplicate_of, group)
-            Metrics.counter("image_dedup", "kept" if tag == "kept" else out[fields.REASON]).inc()
+            self.counters.inc("kept" if tag == "kept" else out[fields.REASON])
             if tag == "kept" and group is not None:
-                Metrics.counter("image_dedup", "groups").inc()
+                self.counters.inc("groups")
             yield out if tag == "kept" else beam.pvalue.TaggedOutput(REJECTED, out)
             if group is not None:
                 yield beam.pvalue.TaggedOutput(GROUPS, (group, key))

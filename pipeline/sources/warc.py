@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+from pipeline.counters import Counters
 from pipeline.sources.html import ImageRef, Page, absolute_url, extract_page, page_candidates
 from pipeline.sources.url_lists import match_paths
 from schemas import fields, reasons
@@ -101,6 +102,9 @@ class _ReadArchive(beam.DoFn):
     def __init__(self):
         self.records = Metrics.counter("warc", "records")
 
+    def setup(self) -> None:
+        self.by_status = Counters("warc")
+
     def process(self, path: str) -> Iterator:
         source = f"warc:{path.rsplit('/', 1)[-1]}"
         # fastwarc undoes gzip itself (per member, as Common Crawl writes them), so Beam must not.
@@ -110,7 +114,7 @@ class _ReadArchive(beam.DoFn):
                     yield row
                 else:
                     self.records.inc()
-                    Metrics.counter("warc", row[fields.STATUS]).inc()
+                    self.by_status.inc(row[fields.STATUS])
                     yield beam.pvalue.TaggedOutput(PAGES, row)
 
 
