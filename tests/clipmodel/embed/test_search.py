@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks.search_timing import clustered_vectors, recall_at_k, time_search
 from clipmodel.embed import embeddings as emb
 from clipmodel.embed.search import (
     ArrayVectors,
@@ -53,16 +52,22 @@ def test_plan_index_sizes() -> None:
         IndexConfig(kind="hnsw")
 
 
-def test_ivfpq_recall_against_flat_and_timing() -> None:
-    x = clustered_vectors(20_200, 64, seed=0)
-    data, queries = x[:20_000], x[20_000:]  # queries from the same clusters, not in the index
-    timings = time_search(data, queries, k=10, single=20)
-    flat, ivfpq = timings
-    assert (flat.kind, ivfpq.kind) == ("flat", "ivfpq") and flat.recall_at_k == 1.0
-    assert ivfpq.plan == {"kind": "ivfpq", "nlist": 512, "m": 8, "nbits": 8, "train_size": 20_000}
-    assert ivfpq.recall_at_k >= 0.9, ivfpq
-    assert min(flat.queries_per_s, ivfpq.queries_per_s, flat.p50_ms, ivfpq.p50_ms) > 0
-    assert recall_at_k(np.array([[1, 2, 3]]), np.array([[3, 4, 1]])) == pytest.approx(2 / 3)
+def test_ivfpq_recall_against_flat() -> None:
+    # Real embeddings cluster; uniform random vectors have no neighbours worth finding, so draw around centres.
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((256, 64))  # (C, 64)
+    x = centres[rng.integers(256, size=20_200)] * np.sqrt(64) / 0.6 + rng.standard_normal((20_200, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # (N, 64)
+    data, queries = ArrayVectors(x[:20_000]), x[20_000:]  # queries from the same clusters, not in the index
+    plan = plan_index(data.rows, data.dim, IndexConfig(kind="ivfpq"))
+    assert plan == {"kind": "ivfpq", "nlist": 512, "m": 8, "nbits": 8, "train_size": 20_000}
+    cfg = IndexConfig()
+    ivfpq = SearchIndex(build_index(data, plan, cfg.seed), data, plan, cfg.nprobe, cfg.refine)
+    flat = SearchIndex(build_index(data, {"kind": "flat"}), data, {"kind": "flat"})
+    _, truth = flat.search(queries, 10)
+    _, found = ivfpq.search(queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist(), strict=True)])
+    assert recall >= 0.9, recall
 
 
 def _write_folder(root: Path, seed: int, rows: tuple[int, ...] = (200, 150), dim: int = 16) -> np.ndarray:
