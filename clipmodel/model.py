@@ -101,12 +101,14 @@ class CLIPConfig:
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype: fp16/bf16 variance loses too much precision."""
+    """LayerNorm computed in at least float32: fp16/bf16 variance loses too much precision; a float64 model keeps
+    float64 (rounding it through float32 would silently cost the precision it was made double for)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        w = None if self.weight is None else self.weight.to(dtype)
+        b = None if self.bias is None else self.bias.to(dtype)
+        return F.layer_norm(x.to(dtype), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 class QuickGELU(nn.Module):

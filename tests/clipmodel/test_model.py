@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipmodel.factory import create_model, list_models, load_config
-from clipmodel.model import CLIP, CLIPConfig, QuickGELU, TextConfig, VisionConfig, build_model, config_from_state_dict
+from clipmodel.model import (
+    CLIP,
+    CLIPConfig,
+    LayerNorm,
+    QuickGELU,
+    TextConfig,
+    VisionConfig,
+    build_model,
+    config_from_state_dict,
+)
 
 SOT, EOT = 49406, 49407
 
@@ -245,3 +254,20 @@ def test_resnet_runs_channels_last_and_matches_the_contiguous_layout():
     with torch.no_grad():
         again = model.encode_image(image.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, again, rtol=0, atol=0)
+
+
+def test_layer_norm_works_in_at_least_float32_and_keeps_float64():
+    ours, reference = LayerNorm(8), nn.LayerNorm(8)
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), reference.parameters(), strict=True):
+            p.copy_(torch.randn(8))
+            q.copy_(p)
+    x = torch.randn(4, 8, dtype=torch.float64) * 1e3 + 1e6  # large mean: float32 would lose digits
+    ours_64, reference_64 = ours.double(), reference.double()
+    out = ours_64(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference_64(x), rtol=0, atol=1e-9)
+    half = ours.float()(x.float().to(torch.bfloat16))  # bf16 in, bf16 out, computed in float32
+    assert half.dtype == torch.bfloat16
+    expected = F.layer_norm(x.float().to(torch.bfloat16).float(), (8,), ours.weight.float(), ours.bias.float())
+    torch.testing.assert_close(half.float(), expected.to(torch.bfloat16).float())
