@@ -285,22 +285,31 @@ def loglog(
     return _draw(_loglog_fig, list(curves), cap, xlabel, ylabel, title)
 
 
-def _series_fig(series: Sequence[tuple[str, Sequence[float], Sequence[float | None]]], xlabel, ylabel, title, logy):
-    fig, ax = _figure(height=2.6, width=5.2)
+def _series_fig(series, xlabel, ylabel, title, logy, styles):
+    lines = [(label, [(x, y) for x, y in zip(xs, ys, strict=False) if _finite(y)]) for label, xs, ys in series]
+    below = sum(1 for label, pts in lines if label and pts) > 3  # many lines: the legend goes under the axes
+    legend_in = 0.2 * math.ceil(len(lines) / 2) + 0.2 if below else 0.0
+    fig, ax = _figure(height=2.6 + legend_in, width=5.2)
+    if below:
+        fig.subplots_adjust(bottom=(0.5 + legend_in) / (2.6 + legend_in), right=1 - 0.35 / 5.2)
     drawn = False
-    for i, (label, xs, ys) in enumerate(series):
-        pts = [(x, y) for x, y in zip(xs, ys, strict=False) if _finite(y)]
+    for i, (label, pts) in enumerate(lines):
         if not pts:
             continue
         drawn = True
-        style = {"marker": "o", "markersize": 3} if len(pts) <= 30 else {}
-        ax.plot(*zip(*pts, strict=True), label=label or None, color=PALETTE[i % len(PALETTE)], linewidth=1.4, **style)
+        style = styles[i] if styles else {}
+        marker = {"marker": "o", "markersize": 3} if len(pts) <= 30 else {}
+        colour = PALETTE[style.get("colour", i) % len(PALETTE)]
+        ax.plot(*zip(*pts, strict=True), label=label or None, color=colour, linewidth=1.4,
+                linestyle=style.get("linestyle", "-"), **marker)  # fmt: skip
     if not drawn:
         _empty(ax)
     else:
         if logy and all(y > 0 for _, _, ys in series for y in ys if _finite(y)):
             ax.set_yscale("log")
-        if len(series) > 1:
+        if below:
+            fig.legend(frameon=False, fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 0.0))
+        elif len(series) > 1:
             ax.legend(frameon=False, fontsize=8)
         from matplotlib.ticker import MaxNLocator
 
@@ -328,6 +337,8 @@ def series(
     title: str = "",
     *,
     logy: bool = False,
+    styles: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """[(label, xs, ys), ...] as lines over a shared x (training steps); None or NaN values are left out."""
-    return _draw(_series_fig, list(lines), xlabel, ylabel, title, logy)
+    """[(label, xs, ys), ...] as lines over a shared x (training steps); None or NaN values are left out. `styles`,
+    one per line: {"colour": palette index, "linestyle": "-" or "--" ...}, so related lines can share a colour."""
+    return _draw(_series_fig, list(lines), xlabel, ylabel, title, logy, styles)

@@ -131,3 +131,14 @@ def test_several_runs_give_the_scaling_charts(tmp_path: Path) -> None:
     html = render_report(stats, tmp_path / "report").read_text()
     assert "fig-run-scaling-seen" in html and "fig-run-scaling-size" in html and 'id="scaling"' in html
     assert "40.0%" in html and "curated, 3,000 pairs" in html
+    # The table names runs by what tells them apart (the full path on hover); raw's lines are dashed.
+    assert f'<code title="{runs[2]}">raw-3000</code>' in html
+    assert "stroke-dasharray" in html
+
+
+def test_short_names_keep_what_differs() -> None:
+    from pipeline.report.render import short_names
+
+    assert short_names(["/w/a/web32/x-curated/train", "/w/a/web64/x-raw/train"]) == ["web32/x-curated", "web64/x-raw"]
+    assert short_names(["/w/one/train", "/w/one/train/more"]) == ["train", "train/more"]
+    assert short_names(["/only/run"]) == ["run"]
