@@ -20,8 +20,9 @@ _CRAWL = CrawlConfig()  # the defaults the flags' help shows: CrawlConfig is the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", required=True, type=Path, help="file with one start URL per line")
     parser.add_argument("--out", required=True, help="output folder: candidates-*.parquet, pages-*.parquet")
-    parser.add_argument("--config", help="YAML/JSON file, one section per config (crawl, fetch; gs:// etc. too); "
-                        "flags override it")  # fmt: skip
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML/JSON file, sections crawl and fetch (gs:// etc. too); flags override it"
+    )
     parser.add_argument("--depth", type=int, help=f"link depth to follow (0: seeds only; default {_CRAWL.depth})")
     parser.add_argument("--allowed-domain", action="append", help="stay within (repeatable; default: the seeds' hosts)")
     parser.add_argument("--threads", type=int, help=f"pages in flight per worker (default {_CRAWL.threads})")

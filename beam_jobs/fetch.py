@@ -46,7 +46,7 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-workers",
         type=int,
-        help=f"processes per worker that decode and resize (default {_RUN.image_workers}; 0: in the fetching "
+        help=f"processes per worker that decode and resize (default {_RUN.image_workers}; 0 decodes in the fetching "
         "threads, which measured as fast on 2 cores; try the CPU count on bigger workers)",
     )
     parser.add_argument(
@@ -81,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument(
         "--config",
+        metavar="FILE",
         help="YAML/JSON file, one section per config (sources, fetch, image, run; gs:// etc. too); flags override it, "
         "and a retry's image settings and shard size start from DATASET's",
     )
