@@ -15,16 +15,16 @@ from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 
-from beam_jobs.build_config import BuildConfig, ScoreConfig, given, resolve
+from beam_jobs.build_config import BuildConfig, ScoreConfig, resolve
 from beam_jobs.fetch import add_fetch_arguments, add_source_arguments
 from beam_jobs.options import split_args
 from pipeline import fsio
 from pipeline.batches import BATCH_ROWS, Unbatch
 from pipeline.curate.balance import BalanceConfig, BalanceQueries, WriteBalanceCounts
-from pipeline.curate.dedup import DedupCandidates, ExcludeSeen
-from pipeline.curate.image_dedup import DedupImages
+from pipeline.curate.dedup import DedupCandidates, DedupConfig, ExcludeSeen
+from pipeline.curate.image_dedup import DedupImages, ImageDedupConfig
 from pipeline.curate.image_refs import reference_sets
-from pipeline.curate.text import CurateText
+from pipeline.curate.text import CurateText, TextConfig
 from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.stage import BucketJob, FetchBuckets
 from pipeline.reshard import Reshard, read_kept
@@ -51,6 +51,8 @@ STAGE_DIR = ".build"  # staging inside OUT: hidden, and removed once the dataset
 _DEDUP_COLUMNS = [fields.KEY, fields.URL, fields.CAPTION, fields.PAGE_URL, fields.SOURCE, fields.SOURCE_ROW,
                   fields.SHA256, fields.PHASH, fields.ORIGINAL_WIDTH, fields.ORIGINAL_HEIGHT,
                   fields.COLOUR_SIG]  # fmt: skip
+# The defaults the flags' help shows: the config dataclasses are their only home (a flag left out is None).
+_TEXT, _DEDUP, _BALANCE, _IMAGE_DEDUP = TextConfig(), DedupConfig(), BalanceConfig(), ImageDedupConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,16 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML/JSON file, one section per stage (gs:// etc. too); flags override it")
     add_fetch_arguments(parser)
     curation = parser.add_argument_group("curation")
-    curation.add_argument("--languages", help="comma-separated language codes to keep (default en; '' keeps all)")
-    curation.add_argument("--lang-model", choices=("fasttext", "langdetect"))
-    curation.add_argument("--min-words", type=int)
-    curation.add_argument("--dedup", choices=("url", "pair", "none"), help="candidate dedup key (default url)")
-    curation.add_argument(
-        "--t", type=int, help=f"WIT balancing: pairs kept per query entry (default {BalanceConfig().t})"
-    )
+    curation.add_argument("--languages", help="comma-separated language codes to keep "
+                          f"(default {','.join(_TEXT.languages)}; '' keeps all)")  # fmt: skip
+    curation.add_argument("--lang-model", choices=("fasttext", "langdetect"), help=f"default {_TEXT.lang_model}")
+    curation.add_argument("--min-words", type=int, help=f"default {_TEXT.min_words}")
+    curation.add_argument("--dedup", choices=("url", "pair", "none"), help=f"candidate dedup key (default {_DEDUP.by})")
+    curation.add_argument("--t", type=int, help=f"WIT balancing: pairs kept per query entry (default {_BALANCE.t})")
     curation.add_argument("--metadata", help="query list: one entry per line, or MetaCLIP metadata.json")
-    curation.add_argument("--no-balance", action="store_true", help="skip query matching and balancing")
-    curation.add_argument("--near-k", type=int, help="near-duplicate Hamming distance on the 64-bit pHash (4)")
+    curation.add_argument("--no-balance", action="store_true", default=None, help="skip query matching and balancing")
+    curation.add_argument("--near-k", type=int,
+                          help=f"near-duplicate Hamming distance on the 64-bit pHash ({_IMAGE_DEDUP.k})")  # fmt: skip
     curation.add_argument("--exclude-from", nargs="+", metavar="DATASET", help="earlier datasets not to repeat")
     curation.add_argument("--decontaminate", metavar="EVAL_DIR", help="drop near-copies of these evaluation images")
     curation.add_argument("--blocklist", metavar="FILE", help="sha256 / pHash values never to write")
@@ -219,12 +221,11 @@ def _model_identity(cfg: ScoreConfig, parser: argparse.ArgumentParser) -> dict:
 def run(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wit build", description=__doc__, allow_abbrev=False)
     add_arguments(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
     args, options = split_args(parser, argv)
     if not args.candidates:
         parser.error("--candidates is required")
     try:
-        cfg = resolve(args, given(parser, argv))
+        cfg = resolve(args)
     except (OSError, ValueError) as e:
         parser.error(str(e))
     config = {"job": "build", **cfg.to_dict()}

@@ -3,39 +3,32 @@
 import argparse
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline import fsio
+from beam_jobs.fetch_config import RunConfig as FetchRunConfig
+from beam_jobs.fetch_config import image_flags, run_flags, source_flags
+from beam_jobs.options import fetch_flags
 from pipeline.curate.balance import BalanceConfig
 from pipeline.curate.dedup import DedupConfig
 from pipeline.curate.image_dedup import ImageDedupConfig
 from pipeline.curate.text import TextConfig
 from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.image import ImageConfig
-from pipeline.fetch.politeness import parse_optout_list, user_agent
+from pipeline.settings import given, layered, read_config_file
 from pipeline.sources.url_lists import UrlListConfig
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """How the build runs and what it compares against, as opposed to how each stage judges."""
+class RunConfig(FetchRunConfig):
+    """How the build runs (as `wit fetch`: shard size, work in flight) and what it compares against, as opposed to
+    how each stage judges."""
 
-    samples_per_shard: int = 10_000
-    threads: int = 64
-    image_workers: int = 0
     exclude_from: tuple[str, ...] = ()  # earlier datasets: their URLs and images are not taken again
     decontaminate: str | None = None  # a folder of evaluation images whose near-copies are dropped
     blocklist: str | None = None  # a file of sha256 / perceptual-hash values never to write
     balance: bool = True  # WIT-style query balancing (off: every curated candidate is fetched)
-
-    def __post_init__(self) -> None:
-        if self.samples_per_shard < 1 or self.threads < 1 or self.image_workers < 0:
-            raise ValueError("samples_per_shard and threads must be at least 1, image_workers at least 0")
 
 
 @dataclass(frozen=True)
@@ -86,99 +79,31 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON-serializable: {value!r}")
 
 
-def section(cls: type, values: dict, where: str) -> Any:
-    """A section's dataclass from a mapping; lists become frozensets or tuples as the field is annotated."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
-    typed = {}
-    for name, value in values.items():
-        if isinstance(value, list):
-            kind = names[name].type
-            value = frozenset(value) if "frozenset" in str(kind) else tuple(value)
-        typed[name] = value
-    try:
-        return cls(**typed)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
+def _flag_overrides(args: argparse.Namespace, file_fetch: Mapping | None) -> dict[str, dict]:
+    """The settings the flags give (a flag left out is None), as {section: {setting: value}}."""
+    languages = None if args.languages is None else tuple(x for x in args.languages.split(",") if x)
+    exclude_from = None if args.exclude_from is None else tuple(args.exclude_from)
+    return {
+        "sources": source_flags(args) | {"pattern": args.candidates},
+        "text": given(languages=languages, lang_model=args.lang_model, min_words=args.min_words),
+        "dedup": given(by=args.dedup),
+        "balance": given(t=args.t, metadata_path=args.metadata),
+        "fetch": fetch_flags(args, file_fetch),
+        "image": image_flags(args),
+        "image_dedup": given(k=args.near_k),
+        "score": given(model=args.score_model, arch=args.score_arch, min_score=args.min_clip_score),
+        "run": run_flags(args)
+        | given(exclude_from=exclude_from, decontaminate=args.decontaminate, blocklist=args.blocklist)
+        | ({"balance": False} if args.no_balance else {}),
+    }
 
 
-def read_config_file(path: str | Path, sections: Iterable[str] = SECTIONS) -> dict:
-    """Sections from a YAML or JSON file (JSON is YAML); unknown sections are an error, not silently ignored."""
-    sections = list(sections)
-    data = yaml.safe_load(fsio.read_text(path)) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections ({', '.join(sections)})")
-    unknown = sorted(set(data) - set(sections))
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {sections}")
-    return data
-
-
-def given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The destinations of the flags actually typed (so a flag left at its default does not override the file)."""
-    typed = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    return {a.dest for a in parser._actions if typed & set(a.option_strings)}
-
-
-def _flag_overrides(args: argparse.Namespace, typed: set[str]) -> dict[str, dict]:
-    """Flags the user typed, as {section: {setting: value}}."""
-    out: dict[str, dict] = {s: {} for s in SECTIONS}
-
-    def put(dest: str, section: str, name: str, value: Any = None) -> None:
-        if dest in typed:
-            out[section][name] = getattr(args, dest) if value is None else value
-
-    put("format", "sources", "format")
-    put("url_col", "sources", "url_col")
-    put("caption_col", "sources", "caption_col")
-    put("languages", "text", "languages", tuple(x for x in (args.languages or "").split(",") if x))
-    put("lang_model", "text", "lang_model")
-    put("min_words", "text", "min_words")
-    put("dedup", "dedup", "by")
-    put("t", "balance", "t")
-    put("metadata", "balance", "metadata_path", str(args.metadata))
-    put("near_k", "image_dedup", "k")
-    put("score_model", "score", "model")
-    put("score_arch", "score", "arch")
-    put("min_clip_score", "score", "min_score")
-    for dest, name in (("image_size", "image_size"), ("resize_mode", "resize_mode"), ("min_image_side", "min_side")):
-        put(dest, "image", name)
-    for dest in ("samples_per_shard", "threads", "image_workers", "decontaminate", "blocklist"):
-        put(dest, "run", dest)
-    put("exclude_from", "run", "exclude_from", tuple(args.exclude_from or ()))
-    put("no_balance", "run", "balance", False)
-    _fetch_overrides(args, typed, out["fetch"])
-    return out
-
-
-def _fetch_overrides(args: argparse.Namespace, typed: set[str], out: dict) -> None:
-    if "allow_private" in typed:
-        out["allow_private"] = args.allow_private == []
-        out["private_allowlist"] = tuple(args.allow_private or ())
-    if "optout_list" in typed:
-        out["optout"] = parse_optout_list(fsio.read_text(args.optout_list))
-    if typed & {"user_agent_token", "contact"}:
-        out["user_agent_token"] = args.user_agent_token
-        out["user_agent"] = user_agent(args.user_agent_token, args.contact)
-    for dest, name in (("max_per_host", "max_per_host"), ("min_host_delay", "min_host_delay"), ("tries", "tries")):
-        if dest in typed:
-            out[name] = getattr(args, dest)
-    if "timeout" in typed:
-        out["read_timeout"] = args.timeout
-    if "ignore_robots" in typed:
-        out["respect_robots"] = False
-
-
-def resolve(args: argparse.Namespace, typed: set[str]) -> BuildConfig:
-    """Defaults, then the --config file's sections, then the flags typed: the resolved config, validated."""
-    file_sections = read_config_file(args.config) if args.config else {}
-    flags = _flag_overrides(args, typed)
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = dict(file_sections.get(name) or {}) | flags[name]
-        if name == "sources":
-            values["pattern"] = args.candidates
-        sections[name] = section(cls, values, f"config section {name!r}")
+def resolve(args: argparse.Namespace) -> BuildConfig:
+    """Defaults, then the --config file's sections, then the flags given: the resolved config, validated."""
+    file_sections = read_config_file(args.config, SECTIONS) if args.config else {}
+    flags = _flag_overrides(args, file_sections.get("fetch"))
+    sections = {
+        name: layered(cls, file_sections.get(name), flags[name], where=f"config section {name!r}")
+        for name, cls in SECTIONS.items()
+    }
     return BuildConfig(**sections)

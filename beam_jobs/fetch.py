@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from beam_jobs.options import add_politeness_arguments, fetch_config, given, split_args
+from beam_jobs.fetch_config import FetchJobConfig, RunConfig, resolve
+from beam_jobs.options import add_politeness_arguments, split_args
 from pipeline import fsio
 from pipeline.fetch.hosts import format_host_summary, host_summary
 from pipeline.fetch.http import FetchConfig
@@ -26,28 +27,27 @@ from schemas import DatasetManifest, reasons
 from schemas.manifest import MANIFEST_NAME
 from schemas.reasons import REJECTED
 
-# Image settings a retry takes from the dataset it retries unless given: new samples must match the old ones.
-_IMAGE = ImageConfig()  # the defaults: ImageConfig is their only home
+# The defaults the flags' help shows: the dataclasses are their only home (a flag left out is None).
+_IMAGE, _RUN, _SOURCES = ImageConfig(), RunConfig(), UrlListConfig(pattern="")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--candidates", help="URL list or candidates file(s): path or glob, or the --out folder of wit crawl/extract"
     )
-    parser.add_argument("--format", default="auto", help="parquet, csv, tsv or jsonl (default: from the name)")
+    parser.add_argument("--format", help=f"parquet, csv, tsv or jsonl (default {_SOURCES.format}: from the name)")
     parser.add_argument("--url-col", help="URL column (default: url/URL/...; a 0-based index without header)")
     parser.add_argument("--caption-col", help="caption column (default: caption/TEXT/...)")
 
 
 def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
     """How to fetch and what to make of the images: shared by `wit fetch` and `wit build`."""
-    parser.add_argument("--threads", type=int, default=64, help="requests in flight per worker")
+    parser.add_argument("--threads", type=int, help=f"requests in flight per worker (default {_RUN.threads})")
     parser.add_argument(
         "--image-workers",
         type=int,
-        default=0,
-        help="processes per worker that decode and resize (default 0: in the fetching threads, which measured "
-        "as fast on 2 cores; try the CPU count on bigger workers)",
+        help=f"processes per worker that decode and resize (default {_RUN.image_workers}; 0 decodes in the fetching "
+        "threads, which measured as fast on 2 cores; try the CPU count on bigger workers)",
     )
     parser.add_argument(
         "--samples-per-shard",
@@ -55,7 +55,7 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="wit fetch: not a cap; the candidates are spread over ceil(candidates / N) shards by a hash of their key, "
         "so a shard holds the successes of N candidates give or take about sqrt(N). wit build: exactly N per shard "
-        "(the last one smaller). Default 10000 (a retry: as the dataset it retries)",
+        f"(the last one smaller). Default {_RUN.samples_per_shard} (a retry: as the dataset it retries)",
     )
     parser.add_argument(
         "--image-size", type=int, help=f"default {_IMAGE.image_size} (a retry: as the dataset it retries)"
@@ -79,34 +79,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a new version of it to --out",
     )
     parser.add_argument("--out", required=True, help="dataset folder to write")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML/JSON file, one section per config (sources, fetch, image, run; gs:// etc. too); flags override it, "
+        "and a retry's image settings and shard size start from DATASET's",
+    )
     add_fetch_arguments(parser)
 
 
-def _image_config(args: argparse.Namespace, earlier: dict) -> ImageConfig:
-    given = {"image_size": args.image_size, "resize_mode": args.resize_mode, "min_side": args.min_image_side}
-    values = {k: v if v is not None else earlier.get(k, getattr(_IMAGE, k)) for k, v in given.items()}
-    return ImageConfig(**values)
-
-
-def _job_config(args: argparse.Namespace, retry: DatasetManifest | None) -> dict:
+def _job_config(args: argparse.Namespace, cfg: FetchJobConfig, retry: DatasetManifest | None) -> dict:
     """The config written into the manifest: what produced this dataset, so it can be reproduced or compared."""
-    earlier = retry.config if retry else {}
-    fetch_cfg = fetch_config(args, **given(tries=args.tries))
     config = {
         "job": "fetch",
-        "fetch": dataclasses.asdict(fetch_cfg) | {"disallowed_directives": sorted(fetch_cfg.disallowed_directives)},
-        "image": dataclasses.asdict(_image_config(args, earlier.get("image", {}))),
-        "threads": args.threads,
-        "samples_per_shard": args.samples_per_shard or earlier.get("samples_per_shard", 10_000),
+        "fetch": dataclasses.asdict(cfg.fetch) | {"disallowed_directives": sorted(cfg.fetch.disallowed_directives)},
+        "image": dataclasses.asdict(cfg.image),
+        "threads": cfg.run.threads,
+        "samples_per_shard": cfg.run.samples_per_shard,
     }
     if retry is None:
-        sources = UrlListConfig(args.candidates, args.format, url_col=args.url_col, caption_col=args.caption_col)
-        return config | {"sources": dataclasses.asdict(sources)}
+        return config | {"sources": dataclasses.asdict(cfg.sources)}
     source = fsio.resolve(args.retry_failed)
     manifest_sha = hashlib.sha256(fsio.read_bytes(fsio.join(source, MANIFEST_NAME))).hexdigest()
     return config | {
         "retry_of": {"dataset": source, "manifest_sha256": manifest_sha, "reasons": sorted(reasons.TRANSIENT)},
-        "sources": earlier.get("sources"),
+        "sources": retry.config.get("sources"),
     }
 
 
@@ -123,10 +120,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dataset
         parser.error(str(e))
 
 
-def _candidate_count(args: argparse.Namespace, config: dict, retry: DatasetManifest | None) -> int:
+def _candidate_count(args: argparse.Namespace, cfg: FetchJobConfig, retry: DatasetManifest | None) -> int:
     """Everything the job will account for, counted at launch: the list rows, or a retry's rejection rows."""
     if retry is None:
-        return count_rows(UrlListConfig(**config["sources"]))
+        return count_rows(cfg.sources)
     return sum(fsio.parquet_rows(fsio.join(args.retry_failed, part.path)) for part in retry.rejected)
 
 
@@ -135,11 +132,14 @@ def run(argv: Sequence[str] | None = None) -> None:
     add_arguments(parser)
     args, options = split_args(parser, argv)
     retry = _check(parser, args)
-    config = _job_config(args, retry)
-    fetch_cfg, image_cfg = fetch_config(args, **given(tries=args.tries)), ImageConfig(**config["image"])
+    try:
+        cfg = resolve(args, retry.config if retry else None)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    config = _job_config(args, cfg, retry)
     fingerprint = run_fingerprint(config)
     try:
-        buckets = buckets_for(_candidate_count(args, config, retry), config["samples_per_shard"])
+        buckets = buckets_for(_candidate_count(args, cfg, retry), cfg.run.samples_per_shard)
     except (OSError, ValueError) as e:
         parser.error(str(e))
     done = completed_buckets(args.out, fingerprint) if fsio.is_dir(args.out) else {}
@@ -157,11 +157,11 @@ def run(argv: Sequence[str] | None = None) -> None:
             read = p | "ReadFailed" >> ReadFailed(args.retry_failed, retry.rejected)
             candidates, bad_rows = read[RETRY], read[CARRIED]
         else:
-            read = p | "Read" >> ReadUrlLists(UrlListConfig(**config["sources"]))
+            read = p | "Read" >> ReadUrlLists(cfg.sources)
             candidates, bad_rows = read.candidates, read[REJECTED]
         progress = not args.no_progress and sys.stderr.isatty()
         written = {"candidates": candidates, "rejected": bad_rows} | "Fetch" >> FetchBuckets(
-            job, fetch_cfg, image_cfg, threads=args.threads, image_workers=args.image_workers, progress=progress
+            job, cfg.fetch, cfg.image, threads=cfg.run.threads, image_workers=cfg.run.image_workers, progress=progress
         )
         _ = written | "Finalize" >> FinalizeDataset(args.out, config, buckets, done, carried)
     fsio.remove_tree(work)

@@ -13,18 +13,17 @@ evaluation images (with --model); the Beam pipeline does the rest, one embedding
 import argparse
 import hashlib
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import apache_beam as beam
 
-from beam_jobs.build_config import given
-from beam_jobs.filter_config import FilterConfig, resolve
+from beam_jobs.filter_config import FilterConfig, RunConfig, resolve
 from beam_jobs.options import split_args
 from pipeline import fsio
 from pipeline.filter.plan import FilterPlan, embeddings_info, make_plan
-from pipeline.filter.references import References, eval_image_files, eval_npy
+from pipeline.filter.references import ConceptConfig, DecontaminateConfig, References, eval_image_files, eval_npy
+from pipeline.filter.semdedup import SemDedupConfig
 from pipeline.filter.stage import FilterSamples
 from pipeline.reshard import Reshard
 from pipeline.shard_reader import load_manifest
@@ -32,6 +31,9 @@ from pipeline.write_dataset import WORK_DIR, FinalizeDataset, WriteRejections, r
 from schemas import DatasetManifest, fields, reasons
 from schemas.manifest import MANIFEST_NAME, REJECTED_DIR, SHARDS_DIR
 from schemas.reasons import REJECTED
+
+# The defaults the flags' help shows: the config dataclasses are their only home (a flag left out is None).
+_SEMDEDUP, _CONCEPTS, _DECONTAMINATE, _RUN = SemDedupConfig(), ConceptConfig(), DecontaminateConfig(), RunConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,18 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     score.add_argument("--min-clip-score", type=float, metavar="S", help="keep image-caption cosine >= S (LAION: 0.28)")
     score.add_argument("--top-fraction", type=float, metavar="F", help="keep the best fraction F (DataComp: 0.3)")
     dedup = parser.add_argument_group("semantic dedup (any of these turns it on)")
-    dedup.add_argument("--semdedup-eps", type=float, metavar="EPS", help="duplicates: cosine > 1 - EPS (0.05)")
+    dedup.add_argument("--semdedup-eps", type=float, metavar="EPS",
+                       help=f"duplicates: cosine > 1 - EPS ({_SEMDEDUP.eps:g})")  # fmt: skip
     dedup.add_argument("--clusters", type=int, metavar="K", help="k-means clusters (default about sqrt(rows))")
-    dedup.add_argument("--seed", type=int, help="k-means seed and training sample (default 0)")
+    dedup.add_argument("--seed", type=int, help=f"k-means seed and training sample (default {_SEMDEDUP.seed})")
     refs = parser.add_argument_group("concepts and decontamination (encoded with --model)")
     refs.add_argument("--concepts", type=Path, metavar="FILE", help="unwanted-concept prompts, one a line")
-    refs.add_argument("--concept-threshold", type=float, metavar="X", help="drop image-prompt cosine >= X (0.3)")
+    refs.add_argument("--concept-threshold", type=float, metavar="X",
+                      help=f"drop image-prompt cosine >= X ({_CONCEPTS.threshold:g})")  # fmt: skip
     refs.add_argument("--decontaminate", metavar="EVAL", help="evaluation image folder, or a .npy of their embeddings")
-    refs.add_argument("--eval-threshold", type=float, metavar="X", help="drop image-eval cosine >= X (0.9)")
+    refs.add_argument("--eval-threshold", type=float, metavar="X",
+                      help=f"drop image-eval cosine >= X ({_DECONTAMINATE.threshold:g})")  # fmt: skip
     refs.add_argument("--model", metavar="CKPT", help="the model that made EMB: run folder, checkpoint or weights")
     refs.add_argument("--arch", metavar="NAME", help="architecture of a bare weights file (default: from its shapes)")
-    refs.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where --model runs (default auto)")
-    parser.add_argument("--samples-per-shard", type=int, metavar="N", help="samples per output shard (10000)")
+    refs.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"where --model runs (default {_RUN.device})")
+    parser.add_argument("--samples-per-shard", type=int, metavar="N",
+                        help=f"samples per output shard ({_RUN.samples_per_shard})")  # fmt: skip
 
 
 def load_references(cfg: FilterConfig, info: dict) -> tuple[References, ...]:
@@ -127,10 +133,9 @@ def run(argv: Sequence[str] | None = None) -> DatasetManifest:
     parser = argparse.ArgumentParser(prog="wit filter", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_arguments(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
     args, options = split_args(parser, argv)
     try:
-        cfg = resolve(args, given(parser, argv))
+        cfg = resolve(args)
     except (OSError, ValueError) as e:
         parser.error(str(e))
     dataset, out, emb = Path(args.dataset), Path(args.out), Path(args.embeddings)

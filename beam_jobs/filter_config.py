@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from beam_jobs.build_config import read_config_file, section
 from pipeline.filter.clip_score import ClipScoreConfig
 from pipeline.filter.references import ConceptConfig, DecontaminateConfig, read_prompts
 from pipeline.filter.semdedup import SemDedupConfig
+from pipeline.settings import given, layered, read_config_file
 
 
 @dataclass(frozen=True)
@@ -50,46 +50,38 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _flag_overrides(args: argparse.Namespace, typed: set[str]) -> dict[str, dict]:
-    """Flags the user typed, as {section: {setting: value}}."""
-    out: dict[str, dict] = {s: {} for s in SECTIONS}
-
-    def put(dest: str, section: str, name: str, value: Any = None) -> None:
-        if dest in typed:
-            out[section][name] = getattr(args, dest) if value is None else value
-
-    # A CLIP-score flag replaces the file's CLIP-score setting whichever it was (the two exclude each other).
-    if "min_clip_score" in typed:
-        out["clip_score"] = {"min_score": args.min_clip_score, "top_fraction": None}
-    if "top_fraction" in typed:
-        out["clip_score"] = {"min_score": None, "top_fraction": args.top_fraction}
-    put("semdedup_eps", "semdedup", "eps")
-    put("clusters", "semdedup", "clusters")
-    put("seed", "semdedup", "seed")
-    if "concepts" in typed:  # the prompts themselves go into the config, so the manifest says what was avoided
-        out["concepts"]["prompts"] = read_prompts(args.concepts)
-    put("concept_threshold", "concepts", "threshold")
-    put("decontaminate", "decontaminate", "path", str(args.decontaminate))
-    put("eval_threshold", "decontaminate", "threshold")
-    for dest in ("samples_per_shard", "model", "arch", "device"):
-        put(dest, "run", dest)
-    return out
+def _flag_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """The settings the flags give (a flag left out is None), as {section: {setting: value}}."""
+    # A CLIP-score flag replaces the file's CLIP-score setting whichever it was (the two exclude each other): the
+    # other one is set to None explicitly, not left out.
+    clip_score = {}
+    if args.min_clip_score is not None:
+        clip_score = {"min_score": args.min_clip_score, "top_fraction": None}
+    if args.top_fraction is not None:
+        clip_score = {"min_score": None, "top_fraction": args.top_fraction}
+    # The prompts themselves go into the config, so the manifest says what was avoided.
+    prompts = None if args.concepts is None else read_prompts(args.concepts)
+    return {
+        "decontaminate": given(path=args.decontaminate, threshold=args.eval_threshold),
+        "concepts": given(prompts=prompts, threshold=args.concept_threshold),
+        "clip_score": clip_score,
+        "semdedup": given(eps=args.semdedup_eps, clusters=args.clusters, seed=args.seed),
+        "run": given(samples_per_shard=args.samples_per_shard, model=args.model, arch=args.arch, device=args.device),
+    }
 
 
-def resolve(args: argparse.Namespace, typed: set[str]) -> FilterConfig:
-    """Defaults, then the --config file's sections, then the flags typed: the resolved config, validated.
+def resolve(args: argparse.Namespace) -> FilterConfig:
+    """Defaults, then the --config file's sections, then the flags given: the resolved config, validated.
 
     Semantic dedup is on when the file has a `semdedup` section or a semdedup flag is given.
     """
     file_sections = read_config_file(args.config, SECTIONS) if args.config else {}
-    flags = _flag_overrides(args, typed)
+    flags = _flag_overrides(args)
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         in_file = file_sections.get(name)
-        if in_file is not None and not isinstance(in_file, dict):
-            raise ValueError(f"config section {name!r}: expected a mapping, got {type(in_file).__name__}")
         if name == "semdedup" and in_file is None and not flags[name]:
             sections[name] = None
             continue
-        sections[name] = section(cls, dict(in_file or {}) | flags[name], f"config section {name!r}")
+        sections[name] = layered(cls, in_file, flags[name], where=f"config section {name!r}")
     return FilterConfig(**sections)

@@ -1,13 +1,15 @@
-"""What every job's entry point shares: splitting our flags from Beam's, and the offline default runner."""
+"""What every job's entry point shares: splitting our flags from Beam's, the offline default runner, the fetch flags."""
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import fsio
 from pipeline.fetch.http import FetchConfig
-from pipeline.fetch.politeness import USER_AGENT_TOKEN, parse_optout_list, user_agent
+from pipeline.fetch.politeness import parse_optout_list, user_agent
+from pipeline.settings import given
 
 # Prism, Beam's newer default, downloads a binary at start; the in-process FnApiRunner works offline.
 DEFAULT_RUNNER = "FnApiRunner"
@@ -39,6 +41,7 @@ def _dask_runner_by_name(beam_args: list[str]) -> list[str]:
 
 def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
     """The safety and politeness flags every job that fetches takes (crawl and fetch alike)."""
+    # No defaults here: FetchConfig's are the only ones (a flag left out is None), shown in the help.
     parser.add_argument(
         "--allow-private",
         nargs="*",
@@ -46,31 +49,35 @@ def add_politeness_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow loopback/private targets: all of them with no value, else only these (e.g. 127.0.0.1:8000)",
     )
     parser.add_argument("--optout-list", help="file of domains or URL prefixes never to fetch")
-    parser.add_argument("--user-agent-token", default=USER_AGENT_TOKEN, help="the name robots.txt rules match")
+    parser.add_argument("--user-agent-token",
+                        help=f"the name robots.txt rules match (default {_FETCH.user_agent_token})")  # fmt: skip
     parser.add_argument("--contact", help="URL or mailto: put in the User-Agent so site owners can reach you")
-    # No defaults here: FetchConfig's are the only ones (fetch_config fills what is not given), shown in the help.
     parser.add_argument("--max-per-host", type=int,
                         help=f"requests in flight to one host (default {_FETCH.max_per_host})")  # fmt: skip
     parser.add_argument("--min-host-delay", type=float,
                         help=f"seconds between requests to one host (default {_FETCH.min_host_delay:g})")  # fmt: skip
     parser.add_argument("--timeout", type=float, help=f"read timeout in seconds (default {_FETCH.read_timeout:g})")
-    parser.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt")
+    parser.add_argument("--ignore-robots", action="store_true", default=None, help="do not fetch or obey robots.txt")
 
 
-def given(**values) -> dict:
-    """The settings a user gave: flags left unset (None) are dropped, so the config dataclass's defaults apply."""
-    return {k: v for k, v in values.items() if v is not None}
+def fetch_flags(args: argparse.Namespace, below: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The FetchConfig settings the flags give, for `pipeline.settings.layered`.
 
-
-def fetch_config(args: argparse.Namespace, **extra) -> FetchConfig:
-    optout = parse_optout_list(fsio.read_text(args.optout_list)) if args.optout_list else ()
-    return FetchConfig(
-        user_agent=user_agent(args.user_agent_token, args.contact),
-        user_agent_token=args.user_agent_token,
-        **given(read_timeout=args.timeout, max_per_host=args.max_per_host, min_host_delay=args.min_host_delay),
-        allow_private=args.allow_private == [],
-        private_allowlist=tuple(args.allow_private or ()),
-        optout=optout,
-        respect_robots=not args.ignore_robots,
-        **extra,
-    )
+    `below` is the layer under the flags (a config file's fetch section): a --contact alone goes beside its token."""
+    out = given(read_timeout=args.timeout, max_per_host=args.max_per_host, min_host_delay=args.min_host_delay,
+                tries=getattr(args, "tries", None))  # fmt: skip
+    if args.allow_private is not None:
+        out["allow_private"] = args.allow_private == []
+        out["private_allowlist"] = tuple(args.allow_private)
+    if args.optout_list is not None:
+        out["optout"] = parse_optout_list(fsio.read_text(args.optout_list))
+    if args.user_agent_token is not None or args.contact is not None:
+        # --contact alone keeps the token from below: it only adds how to reach the operator.
+        lower = below if isinstance(below, Mapping) else {}
+        token = args.user_agent_token
+        token = lower.get("user_agent_token", _FETCH.user_agent_token) if token is None else token
+        out["user_agent_token"] = token
+        out["user_agent"] = user_agent(token, args.contact)
+    if args.ignore_robots:
+        out["respect_robots"] = False
+    return out

@@ -5,12 +5,16 @@ trainer are imported only when the command runs, so `wit --help` stays fast.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
 
-from clipmodel.train.config import AUGMENTATIONS
+from clipmodel.train.config import AUGMENTATIONS, TrainConfig
 from wit import CommandError
+
+# The defaults the flags' help shows: TrainConfig is their only home (its model and data have none).
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 _EPILOG = """\
 settings are layered: defaults < --config FILE (JSON, the same names with underscores) < flags given here.
@@ -33,24 +37,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", metavar="DATASET[:WEIGHT]", help="dataset folders or URLs; weights mix them")
     p.add_argument("--model", metavar="NAME", help="a named architecture (`wit model list`) or a JSON config path")
     p.add_argument("--out", required=True, type=Path, metavar="RUN", help="run folder: config, metrics, checkpoints")
-    p.add_argument("--steps", type=int, metavar="N", help="total optimiser steps of the run (default 1000)")
+    p.add_argument("--steps", type=int, metavar="N", help=f"total optimiser steps of the run (default {_D['steps']})")
     p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON file of training settings")
-    p.add_argument("--batch-size", type=int, metavar="N", help="global contrastive batch, all ranks (default 64)")
-    p.add_argument("--accum-freq", type=int, metavar="K", help="micro-batches per step, features cached (default 1)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
-    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (default 0.2)")
-    p.add_argument("--warmup", type=int, metavar="N", help="linear warm-up steps (default 100)")
-    p.add_argument("--grad-clip", type=float, metavar="NORM", help="max gradient norm, 0 for none (default 1.0)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"global contrastive batch, all ranks (default {_D['batch_size']})")  # fmt: skip
+    p.add_argument("--accum-freq", type=int, metavar="K",
+                   help=f"micro-batches per step, features cached (default {_D['accum_freq']})")  # fmt: skip
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {_D['lr']:g})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW decoupled weight decay (default {_D['weight_decay']:g})")
+    p.add_argument("--warmup", type=int, metavar="N", help=f"linear warm-up steps (default {_D['warmup']})")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help=f"max gradient norm, 0 for none (default {_D['grad_clip']})")  # fmt: skip
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help=f"default {_D['precision']} (auto: bf16 on GPU, fp32 on CPU)")  # fmt: skip
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--seed", type=int, help="initial weights, data order and crops (default 0)")
-    p.add_argument("--workers", type=int, metavar="N", help="data loader workers per process (default 2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"default {_D['device']}")
+    p.add_argument("--seed", type=int, help=f"initial weights, data order and crops (default {_D['seed']})")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help=f"data loader workers per process (default {_D['workers']})")  # fmt: skip
     p.add_argument("--local-loss", action="store_const", const=True, help="each rank computes only its rows")
-    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (default 500), and at the end")
-    p.add_argument("--keep", type=int, metavar="K", help="checkpoints kept, newest first (default 3)")
-    p.add_argument("--log-every", type=int, metavar="N", help="metrics line every N steps (default 10)")
+    p.add_argument("--save-every", type=int, metavar="N",
+                   help=f"checkpoint every N steps (default {_D['save_every']}), and at the end")  # fmt: skip
+    p.add_argument("--keep", type=int, metavar="K", help=f"checkpoints kept, newest first (default {_D['keep']})")
+    p.add_argument("--log-every", type=int, metavar="N", help=f"metrics line every N steps (default {_D['log_every']})")
     p.add_argument("--augment", nargs="+", choices=AUGMENTATIONS, metavar="AUG",
                    help="training image augmentations after the crop: flip (left-right), rot90 (quarter turns, for "
                    "pictures with no up); none by default, as CLIP")  # fmt: skip

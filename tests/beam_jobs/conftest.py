@@ -1,5 +1,7 @@
-"""What the job tests share: a folder served over loopback HTTP, and the digests of every file a job wrote."""
+"""What the job tests share: a folder served over loopback HTTP, the digests of every file a job wrote, and the
+defaults of a job's flags."""
 
+import argparse
 import functools
 import hashlib
 import threading
@@ -45,3 +47,15 @@ def file_digests(root: Path) -> dict[str, str]:
 @pytest.fixture
 def digests() -> Callable[[Path], dict[str, str]]:
     return file_digests
+
+
+def option_defaults(add_arguments: Callable[[argparse.ArgumentParser], None]) -> dict[str, object]:
+    """{dest: default} of every option a job's `add_arguments` adds (--help aside)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return {a.dest: a.default for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+@pytest.fixture
+def flag_defaults() -> Callable[[Callable], dict[str, object]]:
+    return option_defaults

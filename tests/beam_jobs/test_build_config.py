@@ -5,16 +5,18 @@ import json
 
 import pytest
 
+from beam_jobs import fetch_config
 from beam_jobs.build import add_arguments
-from beam_jobs.build_config import given, read_config_file, resolve
-from beam_jobs.options import fetch_config
+from beam_jobs.build_config import SECTIONS, BuildConfig, resolve
+from beam_jobs.fetch import add_arguments as add_fetch_job_arguments
+from pipeline.settings import read_config_file
+from pipeline.sources.url_lists import UrlListConfig
 
 
 def _resolve(argv: list[str]):
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    return resolve(args, given(parser, argv))
+    return resolve(parser.parse_args(argv))
 
 
 def test_defaults_then_file_then_flags(tmp_path):
@@ -41,15 +43,15 @@ def test_optout_list_is_read_as_by_wit_fetch(tmp_path):
     (tmp_path / "optout.txt").write_text("# asked not to be fetched\nexample.com\n\nhttps://photos.net/private/\n")
     argv = ["--candidates", "c.parquet", "--out", "o", "--optout-list", str(tmp_path / "optout.txt")]
     parser = argparse.ArgumentParser(allow_abbrev=False)
-    add_arguments(parser)
-    assert _resolve(argv).fetch.optout == fetch_config(parser.parse_args(argv)).optout
+    add_fetch_job_arguments(parser)
+    assert _resolve(argv).fetch.optout == fetch_config.resolve(parser.parse_args(argv)).fetch.optout
     assert _resolve(argv).fetch.optout == ("example.com", "https://photos.net/private/")
 
 
 def test_config_errors_name_what_is_wrong(tmp_path):
     (tmp_path / "bad.yaml").write_text("texts:\n  min_words: 3\n")
     with pytest.raises(ValueError, match="unknown section"):
-        read_config_file(tmp_path / "bad.yaml")
+        read_config_file(tmp_path / "bad.yaml", SECTIONS)
     (tmp_path / "bad2.json").write_text(json.dumps({"text": {"min_wrds": 3}}))
     with pytest.raises(ValueError, match="min_wrds"):
         _resolve(["--candidates", "c", "--out", "o", "--config", str(tmp_path / "bad2.json")])
@@ -69,3 +71,25 @@ def test_the_score_section_from_a_file_and_flags(tmp_path):
     assert _resolve(["--candidates", "c", "--out", "o"]).score.model is None  # off by default
     with pytest.raises(ValueError, match="needs a model"):
         _resolve(["--candidates", "c", "--out", "o", "--min-clip-score", "0.3"])
+
+
+def test_every_setting_flag_defaults_to_none(flag_defaults):
+    defaults = flag_defaults(add_arguments)
+    assert {"no_balance", "threads", "image_workers", "format", "user_agent_token", "near_k"} <= set(defaults)
+    # --no-progress is a switch of the terminal's display, not a setting of the build
+    assert {dest: value for dest, value in defaults.items() if value is not None} == {"no_progress": False}
+
+
+def test_nothing_given_is_the_dataclass_defaults():
+    assert _resolve(["--candidates", "c", "--out", "o"]) == BuildConfig(UrlListConfig("c"))
+
+
+def test_a_flag_left_out_keeps_the_files_value_and_a_flag_given_wins(tmp_path):
+    (tmp_path / "c.yaml").write_text("run: {balance: false, threads: 3}\nfetch: {respect_robots: false}\n")
+    base = ["--candidates", "c", "--out", "o", "--config", str(tmp_path / "c.yaml")]
+    cfg = _resolve(base)
+    assert (cfg.run.balance, cfg.run.threads, cfg.fetch.respect_robots) == (False, 3, False)
+    (tmp_path / "c.yaml").write_text("run: {balance: true}\nimage_dedup: {max_aspect_change: null}\n")
+    cfg = _resolve(base + ["--no-balance", "--ignore-robots"])
+    assert (cfg.run.balance, cfg.fetch.respect_robots) == (False, False)
+    assert cfg.image_dedup.max_aspect_change is None  # a file's null turns the veto off

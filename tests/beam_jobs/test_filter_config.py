@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs.build_config import given
 from beam_jobs.filter import add_arguments
 from beam_jobs.filter_config import FilterConfig, resolve
 from pipeline.filter.clip_score import ClipScoreConfig
@@ -16,7 +15,7 @@ def _resolve(argv: list[str]) -> FilterConfig:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     argv = ["DS", "--embeddings", "EMB", "--out", "OUT", *argv]
-    return resolve(parser.parse_args(argv), given(parser, argv))
+    return resolve(parser.parse_args(argv))
 
 
 def test_defaults_filter_nothing() -> None:
@@ -24,6 +23,12 @@ def test_defaults_filter_nothing() -> None:
     assert cfg == FilterConfig()
     assert cfg.semdedup is None and cfg.clip_score == ClipScoreConfig() and not cfg.concepts.prompts
     assert cfg.to_dict()["run"]["samples_per_shard"] == 10_000
+
+
+def test_every_setting_flag_defaults_to_none(flag_defaults) -> None:
+    defaults = flag_defaults(add_arguments)
+    assert {"min_clip_score", "semdedup_eps", "concept_threshold", "samples_per_shard", "device"} <= set(defaults)
+    assert {dest: value for dest, value in defaults.items() if value is not None} == {}
 
 
 def test_file_then_flags(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 import argparse
 
 from beam_jobs import fetch as fetch_job
-from beam_jobs.options import fetch_config
+from beam_jobs.fetch_config import resolve
 from pipeline.fetch.http import FetchConfig
 from pipeline.fetch.image import ImageConfig
 
@@ -16,16 +16,17 @@ def _parsed(argv: list[str]) -> argparse.Namespace:
 
 def test_unset_flags_take_the_dataclass_defaults_and_given_ones_win():
     defaults = FetchConfig()
-    cfg = fetch_config(_parsed([]))
+    cfg = resolve(_parsed([])).fetch
     assert (cfg.read_timeout, cfg.max_per_host, cfg.min_host_delay, cfg.tries) == (
         defaults.read_timeout,
         defaults.max_per_host,
         defaults.min_host_delay,
         defaults.tries,
     )
-    cfg = fetch_config(_parsed(["--max-per-host", "3", "--timeout", "2.5", "--min-host-delay", "0.5"]), tries=7)
+    argv = ["--max-per-host", "3", "--timeout", "2.5", "--min-host-delay", "0.5", "--tries", "7"]
+    cfg = resolve(_parsed(argv)).fetch
     assert (cfg.read_timeout, cfg.max_per_host, cfg.min_host_delay, cfg.tries) == (2.5, 3, 0.5, 7)
-    assert fetch_job._image_config(_parsed([]), {}) == ImageConfig()
+    assert resolve(_parsed([])).image == ImageConfig()
 
 
 def test_the_help_shows_the_dataclass_defaults():
