@@ -109,7 +109,8 @@ _WIT_SCRIPT = r"""
 import json, shutil, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-from clipmodel.embed.encode import EncodeConfig, encode_dataset
+from clipmodel.embed.config import EncodeConfig
+from clipmodel.embed.encode import encode_dataset
 from clipmodel.inference import load_model
 dataset, weights, name, out, batch, workers = sys.argv[2:8]
 torch.set_num_threads(2)

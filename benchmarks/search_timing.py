@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from clipmodel.embed.search import ArrayVectors, IndexConfig, SearchIndex, build_index, plan_index
+from clipmodel.embed.config import IndexConfig
+from clipmodel.embed.search import ArrayVectors, SearchIndex, build_index, plan_index
 
 
 def clustered_vectors(n: int, dim: int, clusters: int = 256, spread: float = 0.6, seed: int = 0) -> np.ndarray:

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from clipmodel.embed.encode import EncodeConfig, encode_dataset
+    from clipmodel.embed.config import EncodeConfig
+    from clipmodel.embed.encode import encode_dataset
     from clipmodel.inference import load_model
 
     try:

@@ -109,8 +109,9 @@ def _check_shard_sets(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Every evaluation the arguments ask for, as one JSON-ready dict."""
+    from clipmodel.eval.config import EvalConfig
     from clipmodel.eval.labelled_shards import evaluate_zeroshot_shards, is_shard_set
-    from clipmodel.eval.reports import EvalConfig, evaluate_shifts, evaluate_zeroshot
+    from clipmodel.eval.reports import evaluate_shifts, evaluate_zeroshot
     from clipmodel.eval.zeroshot import read_labels
     from clipmodel.inference import load_model, resolve_device
     from clipmodel.templates import load_templates
@@ -153,8 +154,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
+    from clipmodel.embed.config import EncodeConfig
     from clipmodel.embed.embeddings import INFO_FILE, load_embeddings
-    from clipmodel.embed.encode import EncodeConfig, encode_dataset
+    from clipmodel.embed.encode import encode_dataset
     from clipmodel.eval.retrieval import retrieval_report
 
     source = Path(args.retrieval)

@@ -61,12 +61,13 @@ def run_search(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.nprobe < 1 or args.ivf_threshold < 1:
         raise CommandError("--top-k, --nprobe and --ivf-threshold must be >= 1")
     from clipmodel.embed import search as S
+    from clipmodel.embed.config import IndexConfig
 
     store = S.EmbeddingStore(args.embeddings)
     _check_dataset(args.dataset, args.embeddings, store.info)
     which = "text" if args.text_index else "image"
     queries = S.key_query(store, args.key, which) if args.key is not None else _encode_query(args, store.info)
-    cfg = S.IndexConfig(kind=args.index, ivf_threshold=args.ivf_threshold, nprobe=args.nprobe)
+    cfg = IndexConfig(kind=args.index, ivf_threshold=args.ivf_threshold, nprobe=args.nprobe)
     start = time.perf_counter()
 
     def building(plan: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from clipmodel.data.shardlist import list_shards
 from clipmodel.data.stages import Numbered
 from clipmodel.data.tarstream import Counters, read_shard
 from clipmodel.embed import embeddings as emb
+from clipmodel.embed.config import EncodeConfig
 from clipmodel.inference import LoadedModel, inference_autocast
 from clipmodel.tokenizer import tokenize
 from clipmodel.train.checkpointing import file_sha256
@@ -39,20 +40,6 @@ from schemas import fields
 from schemas.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    batch_size: int = 256
-    workers: int = 2  # DataLoader workers reading and decoding shards; 0: in the main process
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
-    limit_shards: int | None = None  # encode only the first N shards (a quick look at a big dataset)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {self.batch_size} and {self.workers}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
 
 
 @dataclass

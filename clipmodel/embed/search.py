@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from clipmodel import transform
 from clipmodel.embed import embeddings as emb
+from clipmodel.embed.config import IndexConfig
 from clipmodel.inference import LoadedModel
 from clipmodel.tokenizer import tokenize
 from schemas import fields
@@ -128,32 +129,6 @@ class EmbeddingStore:
                 st = path.stat()
                 h.update(f"{kind}:{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
         return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    kind: str = "auto"  # auto: flat up to ivf_threshold rows, IVF-PQ above; or flat / ivfpq
-    ivf_threshold: int = 200_000
-    nlist: int | None = None  # inverted lists; None: 4 sqrt(N), at most N / 39
-    # PQ sub-quantizers, i.e. code bytes per vector; None: the largest divisor of E <= E / 8 (64 bytes for 512-d,
-    # a 16th of the float16 row; the exact re-scoring makes up what coarser codes lose, and training costs ~m).
-    m: int | None = None
-    nbits: int = 8  # bits per sub-quantizer code (fewer under 39 * 256 rows)
-    train_size: int | None = None  # rows k-means trains on; None: min(N, max(64 nlist, 39 * 2**nbits))
-    nprobe: int = 32  # lists visited per query (search time only)
-    # Candidates per wanted neighbour re-scored exactly (search time only). PQ's ranking error, not the lists probed,
-    # is what loses neighbours at 512-d: on 200k clustered vectors recall@10 is 0.69 at 10 and 0.97 at 40, for
-    # 0.95 -> 1.2 ms a query (nprobe 32 -> 96 at refine 10 changes nothing).
-    refine: int = 40
-    seed: int = 0  # of the training sample
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("auto", "flat", "ivfpq"):
-            raise ValueError(f"index kind must be auto, flat or ivfpq, got {self.kind!r}")
-        if min(self.ivf_threshold, self.nbits, self.nprobe, self.refine) < 1:
-            raise ValueError("ivf_threshold, nbits, nprobe and refine must be >= 1")
-        if (self.nlist is not None and self.nlist < 1) or (self.m is not None and self.m < 1):
-            raise ValueError("nlist and m must be >= 1")
 
 
 def plan_index(rows: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from clipmodel import transform
 from clipmodel.data.shardlist import list_shards
 from clipmodel.data.stages import IMAGE_EXTS
 from clipmodel.data.tarstream import Counters, RawSample, read_shard
-from clipmodel.eval.reports import EvalConfig, zeroshot_report
+from clipmodel.eval.config import EvalConfig
+from clipmodel.eval.reports import zeroshot_report
 from clipmodel.eval.zeroshot import LABELS_FILE, prompt_embeddings
 from clipmodel.tokenizer import tokenize
 from schemas.manifest import MANIFEST_NAME

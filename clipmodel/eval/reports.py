@@ -11,7 +11,6 @@ Retrieval and the linear probe are in clipmodel.eval.retrieval and clipmodel.eva
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from clipmodel import templates as tpl
 from clipmodel import transform
+from clipmodel.eval.config import EvalConfig
 from clipmodel.eval.zeroshot import LabelledFiles, ensemble, prompt_embeddings, read_labels, topk_accuracy
 from clipmodel.tokenizer import tokenize
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    templates: tuple[str, ...] = tpl.DEFAULT
-    topk: tuple[int, ...] = (1, 5)
-    batch_size: int = 256  # images (and prompts) per forward pass
-    workers: int = 0  # DataLoader processes decoding images; 0: in this process
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "templates", tpl.check_templates(tuple(self.templates), "templates"))
-        object.__setattr__(self, "topk", tuple(self.topk))
-        if self.batch_size < 1 or self.workers < 0 or not self.topk or min(self.topk) < 1:
-            raise ValueError(f"batch_size and every k must be >= 1 and workers >= 0 ({self})")
 
 
 class _Images(Dataset):

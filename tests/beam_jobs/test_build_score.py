@@ -14,7 +14,8 @@ from beam_jobs import build
 from beam_jobs.build_config import ScoreConfig
 from clipmodel import transform
 from clipmodel.embed import embeddings as emb
-from clipmodel.embed.encode import EncodeConfig, encode_dataset, shard_parts
+from clipmodel.embed.config import EncodeConfig
+from clipmodel.embed.encode import encode_dataset, shard_parts
 from clipmodel.inference import load_model
 from clipmodel.tokenizer import tokenize
 from pipeline.fetch.image import ImageConfig, process_image

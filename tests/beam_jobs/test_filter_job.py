@@ -167,7 +167,8 @@ def test_with_a_tiny_model_concepts_and_eval_images(make_shapes_dataset, tmp_pat
     """The wiring with a real encoder: every verdict equals what the pure functions say of the same embeddings."""
     import torch
 
-    from clipmodel.embed.encode import EncodeConfig, encode_dataset
+    from clipmodel.embed.config import EncodeConfig
+    from clipmodel.embed.encode import encode_dataset
     from clipmodel.embed.encode_refs import encode_image_files, encode_texts
     from clipmodel.factory import create_model
     from clipmodel.inference import load_model

@@ -22,7 +22,8 @@ from PIL import Image
 
 from beam_jobs import filter as filter_job
 from clipmodel.embed import embeddings as emb
-from clipmodel.embed.encode import EncodeConfig, encode_dataset
+from clipmodel.embed.config import EncodeConfig
+from clipmodel.embed.encode import encode_dataset
 from clipmodel.inference import load_model
 from clipmodel.train.trainer import train
 from pipeline.curate.image_dedup import dedup_images_pure

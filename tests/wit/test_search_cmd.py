@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from clipmodel.embed import embeddings as emb
-from clipmodel.embed.encode import EncodeConfig, encode_dataset
+from clipmodel.embed.config import EncodeConfig
+from clipmodel.embed.encode import encode_dataset
 from clipmodel.embed.search import encode_texts
 from clipmodel.factory import create_model
 from clipmodel.inference import load_model

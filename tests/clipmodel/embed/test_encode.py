@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from clipmodel import transform
 from clipmodel.embed import embeddings as emb
-from clipmodel.embed.encode import EncodeConfig, encode_dataset
+from clipmodel.embed.config import EncodeConfig
+from clipmodel.embed.encode import encode_dataset
 from clipmodel.factory import create_model
 from clipmodel.inference import load_model
 from clipmodel.tokenizer import tokenize

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from clipmodel.embed import embeddings as emb
+from clipmodel.embed.config import IndexConfig
 from clipmodel.embed.search import (
     ArrayVectors,
     EmbeddingStore,
-    IndexConfig,
     SearchIndex,
     build_index,
     check_model,

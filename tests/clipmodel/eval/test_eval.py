@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from clipmodel.eval.config import EvalConfig
 from clipmodel.eval.reports import (
-    EvalConfig,
     confusion_matrix,
     evaluate_shifts,
     evaluate_zeroshot,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from clipmodel.eval.config import EvalConfig
 from clipmodel.eval.labelled_shards import evaluate_zeroshot_shards, is_shard_set
-from clipmodel.eval.reports import EvalConfig, evaluate_zeroshot
+from clipmodel.eval.reports import evaluate_zeroshot
 from clipmodel.eval.zeroshot import read_labels
 from clipmodel.factory import create_model
 
