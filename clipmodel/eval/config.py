@@ -10,7 +10,7 @@ class EvalConfig:
     templates: tuple[str, ...] = tpl.DEFAULT
     topk: tuple[int, ...] = (1, 5)
     batch_size: int = 256  # images (and prompts) per forward pass
-    workers: int = 0  # DataLoader processes decoding images; 0: in this process
+    workers: int = 2  # DataLoader processes decoding images, as many as EncodeConfig's; 0: in this process
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tpl.check_templates(tuple(self.templates), "templates"))

@@ -128,7 +128,7 @@ def test_image_folder_tree_through_a_stub_model(tmp_path: Path) -> None:
     files = read_labels(tmp_path)
     assert files.classnames == ("blue thing", "green thing", "red thing")  # folder-name order
     assert files.targets == (0, 0, 1, 2, 2) and files.split is None
-    r = evaluate_zeroshot(ColourClip(), 16, files, EvalConfig(batch_size=2), tokenizer=colour_tokenize)
+    r = evaluate_zeroshot(ColourClip(), 16, files, EvalConfig(batch_size=2, workers=0), tokenizer=colour_tokenize)
     assert r["top1"] == 0.8 and r["per_class"] == {"blue thing": 0.5, "green thing": 1.0, "red thing": 1.0}
     assert r["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 2]]
 
@@ -151,7 +151,7 @@ def test_robustness_on_the_synthetic_web_with_a_tiny_random_model(web_dir: Path)
     torch.manual_seed(0)
     model = create_model("tiny").eval()
     sets = {"eval": web_dir / EVAL_DIR} | {s: web_dir / EVAL_SHIFT_DIR / s for s in SHIFTS}
-    out = evaluate_shifts(model, model.config.vision.image_size, sets, "eval", EvalConfig(batch_size=64))
+    out = evaluate_shifts(model, model.config.vision.image_size, sets, "eval", EvalConfig(batch_size=64, workers=0))
     rob = out["robustness"]
     assert list(rob["sets"]) == ["eval", *SHIFTS]  # one entry per shift, beside the reference
     base = out["reports"]["eval"]

@@ -48,7 +48,7 @@ def model(micro_model: Path):
 
 def test_shards_give_the_report_of_the_same_images_in_a_folder(web_dir, eval_rows, model, tmp_path) -> None:
     shards = write_wds(tmp_path / "wds", eval_rows, per_shard=16)  # 36 images in 3 shards
-    cfg = EvalConfig(templates=("a photo of a {}.", "a {} shape."), batch_size=10)
+    cfg = EvalConfig(templates=("a photo of a {}.", "a {} shape."), batch_size=10, workers=0)
     got = evaluate_zeroshot_shards(model, 32, shards, "label", cfg)
     files = read_labels(web_dir / "eval")
     want = evaluate_zeroshot(model, 32, files, cfg)
@@ -62,10 +62,11 @@ def test_shards_give_the_report_of_the_same_images_in_a_folder(web_dir, eval_row
 
 def test_a_sample_without_a_class_stops_the_evaluation(eval_rows, model, tmp_path) -> None:
     shards = write_wds(tmp_path / "wds", eval_rows[:4], per_shard=4, field="class")
+    cfg = EvalConfig(templates=("{}",), workers=0)
     with pytest.raises(ValueError, match=r"sample 000000000 has no class name in its JSON field 'label'"):
-        evaluate_zeroshot_shards(model, 32, shards, "label", EvalConfig(templates=("{}",)))
+        evaluate_zeroshot_shards(model, 32, shards, "label", cfg)
     with pytest.raises(ValueError, match="not among the given class names"):
-        evaluate_zeroshot_shards(model, 32, shards, "class", EvalConfig(templates=("{}",)), classnames=["blue star"])
+        evaluate_zeroshot_shards(model, 32, shards, "class", cfg, classnames=["blue star"])
 
 
 def test_which_paths_are_shard_sets(shapes_dataset: Path, web_dir: Path, tmp_path: Path) -> None:
