@@ -9,7 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from clipmodel.eval.config import EvalConfig
+from clipmodel.templates import NAMED, load_templates
 from wit import CommandError
+
+_D = EvalConfig()  # the defaults the help shows; None from a flag means this one
+_D_TEMPLATES = next(name for name, t in NAMED.items() if t == _D.templates)  # its template set, by name
 
 _EPILOG = """\
 labelled sets (--zeroshot, --shifts, --linear-probe) are folders holding labels.parquet (path, label[, split]) and
@@ -40,13 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the pairs)")  # fmt: skip
     p.add_argument("--shifts", nargs="+", action="extend", default=[], metavar="DIR",
                    help="shifted copies of the first --zeroshot set: robustness against it")  # fmt: skip
-    p.add_argument("--templates", default="default", metavar="SET", help="default, imagenet80, or a file (one a line)")
+    p.add_argument("--templates", metavar="SET",
+                   help=f"a named set ({', '.join(NAMED)}) or a file, one template a line "
+                   f"(default: the set {_D_TEMPLATES!r})")  # fmt: skip
     p.add_argument("--retrieval", metavar="EMB|DATASET", help="an embeddings folder, or a dataset to encode (--model)")
     p.add_argument("--linear-probe", nargs=2, metavar=("TRAIN", "TEST"), help="labelled sets to fit and to test on")
     p.add_argument("--out", type=Path, metavar="FILE.json", help="write every result here as JSON")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default 256)")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="image decoding processes (default 2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default %(default)s")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"images per forward pass (default {_D.batch_size})")
+    p.add_argument("--workers", type=int, metavar="N", help=f"image decoding processes (default {_D.workers})")
     p.set_defaults(func=run_eval)
 
 
@@ -78,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CommandError("--shifts needs a --zeroshot set to compare against (the first one)")
     if not (args.zeroshot or args.web or args.retrieval or args.linear_probe):
         raise CommandError("nothing to evaluate: give --zeroshot, --web, --retrieval or --linear-probe")
-    if args.batch_size < 1 or args.workers < 0:
+    if (args.batch_size is not None and args.batch_size < 1) or (args.workers is not None and args.workers < 0):
         raise CommandError("--batch-size must be >= 1 and --workers >= 0")
     _check_shard_sets(args)
     embeddings_given = args.retrieval is not None and (Path(args.retrieval) / INFO_FILE).is_file()
@@ -107,17 +114,22 @@ def _check_shard_sets(args: argparse.Namespace) -> None:
         raise CommandError("--shifts compares labelled folders; the first --zeroshot set is shards")
 
 
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The settings the flags give (--templates read), EvalConfig's defaults for the others."""
+    from pipeline import settings
+
+    templates = load_templates(args.templates) if args.templates is not None else None
+    return EvalConfig(**settings.given(templates=templates, batch_size=args.batch_size, workers=args.workers))
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Every evaluation the arguments ask for, as one JSON-ready dict."""
-    from clipmodel.eval.config import EvalConfig
     from clipmodel.eval.labelled_shards import evaluate_zeroshot_shards, is_shard_set
     from clipmodel.eval.reports import evaluate_shifts, evaluate_zeroshot
     from clipmodel.eval.zeroshot import read_labels
     from clipmodel.inference import load_model, resolve_device
-    from clipmodel.templates import load_templates
 
-    templates = load_templates(args.templates)
-    cfg = EvalConfig(templates=templates, batch_size=args.batch_size, workers=args.workers)
+    cfg = eval_config(args)
     comparisons = []  # (sets, reference): found before the model loads, so a wrong folder fails fast
     if args.web:
         comparisons.append((web_eval_sets(args.web), "eval"))
@@ -125,7 +137,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         comparisons.append(_named(args.zeroshot[0], args.shifts))
     loaded = load_model(args.model, args.arch, args.device) if args.model else None
     device = next(loaded.model.parameters()).device if loaded else resolve_device(args.device)
-    results: dict[str, Any] = {"model": None, "templates": {"set": args.templates, "count": len(templates)}}
+    template_set = args.templates if args.templates is not None else _D_TEMPLATES
+    results: dict[str, Any] = {"model": None, "templates": {"set": template_set, "count": len(cfg.templates)}}
     model, resolution = (loaded.model, loaded.resolution) if loaded else (None, 0)
     if loaded:
         results["model"] = {"description": loaded.description, "weights_sha256": loaded.weights_sha256}
@@ -147,13 +160,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if robustness:
         results["robustness"] = robustness
     if args.retrieval:
-        results["retrieval"] = _retrieval(args, loaded, device)
+        results["retrieval"] = _retrieval(args, loaded, cfg, device)
     if args.linear_probe:
         results["linear_probe"] = _linear_probe(args, loaded, cfg, device)
     return results
 
 
-def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
+def _retrieval(args: argparse.Namespace, loaded, cfg, device) -> dict[str, Any]:
     from clipmodel.embed.config import EncodeConfig
     from clipmodel.embed.embeddings import INFO_FILE, load_embeddings
     from clipmodel.embed.encode import encode_dataset
@@ -164,7 +177,7 @@ def _retrieval(args: argparse.Namespace, loaded, device) -> dict[str, Any]:
         emb = load_embeddings(source)
     else:
         with tempfile.TemporaryDirectory(prefix="wit-eval-") as tmp:
-            encode_dataset(args.retrieval, loaded, Path(tmp) / "emb", EncodeConfig(args.batch_size, args.workers))
+            encode_dataset(args.retrieval, loaded, Path(tmp) / "emb", EncodeConfig(cfg.batch_size, cfg.workers))
             emb = load_embeddings(Path(tmp) / "emb")
     if len(emb) == 0:
         raise CommandError(f"--retrieval {source}: no embeddings to retrieve among")

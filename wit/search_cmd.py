@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clipmodel.embed.config import IndexConfig
 from wit import CommandError
+
+_D = IndexConfig()  # the defaults the help shows; None from a flag means this one
 
 _EPILOG = """\
 examples:
@@ -40,13 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", metavar="KEY", help="search with this sample's own embedding (no model needed)")
     p.add_argument("--model", metavar="CKPT", help="the model `wit encode` used: run folder, checkpoint or weights")
     p.add_argument("--arch", metavar="NAME", help="architecture of bare weights (`wit model list`), if not inferred")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for the query (default auto)")
-    p.add_argument("-k", "--top-k", type=int, default=10, metavar="K", help="results to show (default 10)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="for the query (default %(default)s)")  # fmt: skip
+    p.add_argument("-k", "--top-k", type=int, default=10, metavar="K", help="results to show (default %(default)s)")
     p.add_argument("--text-index", action="store_true", help="search the captions' embeddings, not the images'")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--index", choices=("auto", "flat", "ivfpq"), default="auto", help="index kind (default auto)")
-    p.add_argument("--ivf-threshold", type=int, default=200_000, metavar="N", help="auto: IVF-PQ above N rows")
-    p.add_argument("--nprobe", type=int, default=32, metavar="N", help="IVF lists visited per query (default 32)")
+    p.add_argument("--index", choices=("auto", "flat", "ivfpq"), help=f"index kind (default {_D.kind})")
+    p.add_argument("--ivf-threshold", type=int, metavar="N",
+                   help=f"auto: IVF-PQ above N rows (default {_D.ivf_threshold:,})")  # fmt: skip
+    p.add_argument("--nprobe", type=int, metavar="N", help=f"IVF lists visited per query (default {_D.nprobe})")
     p.add_argument("--rebuild", action="store_true", help="build the index again even if the saved one is fresh")
     # argparse leaves TEXT over when it follows an option (`DATASET --embeddings EMB "a red circle"`: an nargs="?"
     # positional matches nothing early). The leftovers are let through (beam_args) and the command's own arguments
@@ -58,16 +63,15 @@ def run_search(args: argparse.Namespace) -> int:
     given = [name for name in ("text", "image", "key") if getattr(args, name) is not None]
     if len(given) != 1:
         raise CommandError("give exactly one query: TEXT, --image FILE or --key KEY")
-    if args.top_k < 1 or args.nprobe < 1 or args.ivf_threshold < 1:
+    if min(n for n in (args.top_k, args.nprobe, args.ivf_threshold) if n is not None) < 1:
         raise CommandError("--top-k, --nprobe and --ivf-threshold must be >= 1")
     from clipmodel.embed import search as S
-    from clipmodel.embed.config import IndexConfig
 
     store = S.EmbeddingStore(args.embeddings)
     _check_dataset(args.dataset, args.embeddings, store.info)
     which = "text" if args.text_index else "image"
     queries = S.key_query(store, args.key, which) if args.key is not None else _encode_query(args, store.info)
-    cfg = IndexConfig(kind=args.index, ivf_threshold=args.ivf_threshold, nprobe=args.nprobe)
+    cfg = index_config(args)
     start = time.perf_counter()
 
     def building(plan: dict[str, Any]) -> None:
@@ -86,6 +90,13 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         _print_table(hits)
     return 0
+
+
+def index_config(args: argparse.Namespace) -> IndexConfig:
+    """The settings the flags give, IndexConfig's defaults for the others."""
+    from pipeline import settings
+
+    return IndexConfig(**settings.given(kind=args.index, ivf_threshold=args.ivf_threshold, nprobe=args.nprobe))
 
 
 def _check_dataset(dataset: str, embeddings: Path, info: dict[str, Any]) -> None:

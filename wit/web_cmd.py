@@ -1,6 +1,7 @@
 """`wit web`: generate a synthetic web from a seed, and serve it on loopback.
 
-The synthetic web (numpy, Pillow, pyarrow) is imported only when a command runs, so `wit --help` stays fast.
+The synthetic web (numpy, Pillow, pyarrow) is imported only when a command runs, so `wit --help` stays fast; the
+help reads only its config, synthweb.spec.
 """
 
 import argparse
@@ -9,7 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+from synthweb.spec import WebConfig
 from wit import CommandError
+
+_D = WebConfig()  # the defaults the help shows; None from a flag means this one
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     gen = sub.add_parser("generate", help="write a synthetic web to a folder (same seed, same bytes)")
     gen.add_argument("--out", type=Path, required=True, help="folder to write (an earlier web there is replaced)")
-    # None means WebConfig's default (12 pages, 3 hosts, 8 images per page, 1 eval image per class).
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--pages", type=int, default=None, help="regular HTML pages (default 12)")
-    gen.add_argument("--hosts", type=int, default=None, help="hosts, each served on its own port (default 3)")
-    gen.add_argument("--images-per-page", type=int, default=None, help="on average (default 8)")
-    gen.add_argument("--eval-per-class", type=int, default=None, help="eval images per class and shift (default 1)")
+    gen.add_argument("--seed", type=int, help=f"the same seed, the same web (default {_D.seed})")
+    gen.add_argument("--pages", type=int, help=f"regular HTML pages (default {_D.pages})")
+    gen.add_argument("--hosts", type=int, help=f"hosts, each served on its own port (default {_D.hosts})")
+    gen.add_argument("--images-per-page", type=int, help=f"on average (default {_D.images_per_page})")
+    gen.add_argument("--eval-per-class", type=int,
+                     help=f"eval images per class and shift (default {_D.eval_per_class})")  # fmt: skip
     gen.set_defaults(func=run_generate)
 
     serve = sub.add_parser("serve", help="serve a generated web on loopback until Ctrl-C")
@@ -45,14 +49,21 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from synthweb import WebConfig, generate_web
+def web_config(args: argparse.Namespace) -> WebConfig:
+    """The settings the flags give, WebConfig's defaults for the others."""
+    from pipeline import settings
 
-    given = {k: getattr(args, k) for k in ("seed", "pages", "hosts", "images_per_page", "eval_per_class")}
+    flags = {k: getattr(args, k) for k in ("seed", "pages", "hosts", "images_per_page", "eval_per_class")}
     try:
-        cfg = WebConfig(**{k: v for k, v in given.items() if v is not None})
+        return WebConfig(**settings.given(**flags))
     except ValueError as e:
         raise CommandError(str(e)) from None
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from synthweb import generate_web
+
+    cfg = web_config(args)
     t0 = time.monotonic()
     summary = generate_web(args.out, cfg)
     faults = sum(summary.faults.values())
