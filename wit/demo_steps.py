@@ -242,9 +242,12 @@ def format_summary(s: dict[str, Any]) -> str:
         if t := r.get("truth"):
             lines.append(f"  by the web's truth {t['truthful_pairs']} of {r['pairs']} captions name the class their "
                          "picture shows; R@10 image -> text, text -> image:")  # fmt: skip
-            for name, title in (("truthful", "on those pairs"), ("label_oracle", "class-perfect model")):
+            rows = (("truthful", "on those pairs", ""),
+                    ("label_oracle", "class-perfect", "  (knows colour and shape, nothing else)"))  # fmt: skip
+            for name, title, why in rows:
                 if name in t:
-                    lines.append(f"  {title:<18} {_pct(t[name]['image_to_text'])}, {_pct(t[name]['text_to_image'])}")
+                    i2t, t2i = _pct(t[name]["image_to_text"]), _pct(t[name]["text_to_image"])
+                    lines.append(f"  {title:<18} {i2t}, {t2i}{why}")
     if s.get("targets"):
         lines.append("targets:")
         for t in s["targets"]:
