@@ -49,7 +49,7 @@ MODELS = {  # architectures beyond the named ones, as `wit train --model FILE.js
                    "vision": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8},
                    "text": TEXT | {"layers": 2, "context_length": 16}},
 }  # fmt: skip
-DEMO = "rn-32-t16-steps-2700-lr-1e-3"  # the recipe `wit demo` trains with (its defaults), chosen from these runs
+DEMO = "rn-32-t16-steps-3600-lr-1e-3"  # the recipe `wit demo` trains with (its defaults), chosen from these runs
 BASE = {"model": "tiny", "steps": 300, "batch_size": 32, "lr": 5e-4, "warmup": 30, "weight_decay": 0.2, "augment": []}
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "base": {},
