@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo import rank_then_leave
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -173,7 +174,8 @@ def _worker(rank: int, init_method: str, out_dir: str) -> None:
 
 
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    args = (_worker, f"file://{tmp_path / 'rendezvous'}", str(tmp_path))
+    mp.spawn(rank_then_leave, args=args, nprocs=WORLD_SIZE, join=True)
 
     model = _TinyClip()
     expected_loss = clip_loss(*model(*_global_batch()))

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import rank_then_leave
 from torch.nn.parallel import DistributedDataParallel
 
 from clipmodel.loss import ClipLoss
@@ -139,8 +140,8 @@ def test_two_ddp_ranks_reach_the_parameters_of_one_process_on_the_global_batch(t
     """Each rank trains on its half of every global batch of 16, with and without accumulation (micro-batches of 4
     per rank, the contrastive batch still all 16); both match one process stepping on the whole batches."""
     mp.start_processes(
-        _rank_worker,
-        args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)),
+        rank_then_leave,
+        args=(_rank_worker, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)),
         nprocs=WORLD_SIZE,
         join=True,
         start_method="fork",  # no re-import of torch per rank: seconds saved on a busy machine
