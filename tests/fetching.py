@@ -4,8 +4,9 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.fetch.bucket import Spool, fetch_into
-from pipeline.fetch.http import FetchConfig, Fetcher, fetch_or_reject
+from pipeline.fetch.http import FetchConfig, Fetcher
 from pipeline.fetch.image import ImageConfig
+from pipeline.fetch.sample import fetch_or_reject
 from schemas import fields
 
 

@@ -16,8 +16,9 @@ from tqdm import tqdm
 from pipeline import fsio
 from pipeline.counters import Counters
 from pipeline.fetch.bucket import QUEUE_PER_THREAD, fetch_bucket
-from pipeline.fetch.http import FetchConfig, Fetcher, fetch_or_reject
+from pipeline.fetch.http import FetchConfig, Fetcher
 from pipeline.fetch.image import ImageConfig, ProcessedImage, process_image
+from pipeline.fetch.sample import fetch_or_reject
 from pipeline.spill import Spill, read_spilled
 from pipeline.write_dataset import BucketResult, bucket
 from schemas import fields, reasons

@@ -9,6 +9,7 @@ from typing import Any
 from markupsafe import Markup
 
 from pipeline.report import charts
+from pipeline.report.scaling import scaling_charts, short_names
 from schemas import fields
 
 STATS_FORMAT = "wit-builder-stats"
@@ -340,7 +341,7 @@ def _run_page(stats: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     zero_shot = [("top-1", ev["step"], ev["top1"]), ("top-5", ev["step"], ev["top5"])]
     figs["zeroshot"] = _fig("run-zeroshot", charts.series(zero_shot, "step", "accuracy", "Zero-shot accuracy"))
     if stats.get("runs"):
-        figs.update(_scaling_figures(stats["runs"]))
+        figs |= {key: _fig("run-" + key.replace("_", "-"), svg) for key, svg in scaling_charts(stats["runs"]).items()}
     rates = [v for v in train["samples_per_s"] if v is not None]
     losses = [v for v in train["loss"] if v is not None]
     headline = {
@@ -365,62 +366,6 @@ def _run_page(stats: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         "run_names": short_names([r["run"] for r in stats.get("runs") or []]),
     }
     return "run.html", context
-
-
-def _run_label(run: Mapping[str, Any]) -> str:
-    rows = run.get("rows")
-    name = run.get("dataset") or Path(run["run"]).name
-    return f"{name}, {fmt_num(rows)} pairs" if rows is not None else name
-
-
-_DATASET_LINES = ("-", "--", ":", "-.")
-
-
-def _scaling_styles(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A line style per dataset (curated solid, raw dashed, ...) and a colour per size rank within it, so the runs of
-    one web size share a colour across datasets."""
-    kinds = list(dict.fromkeys(r.get("dataset") or "?" for r in runs))
-    rank: dict[int, int] = {}
-    for kind in kinds:
-        mine = [i for i, r in enumerate(runs) if (r.get("dataset") or "?") == kind]
-        for place, i in enumerate(sorted(mine, key=lambda i: (runs[i].get("rows") is None, runs[i].get("rows") or 0))):
-            rank[i] = place
-    return [{"colour": rank[i], "linestyle": _DATASET_LINES[kinds.index(r.get("dataset") or "?") % 4]}
-            for i, r in enumerate(runs)]  # fmt: skip
-
-
-def _scaling_figures(runs: Sequence[Mapping[str, Any]]) -> dict[str, Markup]:
-    """The CLIP paper's two views of data scale, over several runs: zero-shot top-1 against samples seen (a line per
-    run), and the last top-1 against the pairs a run trained on (a line per dataset, e.g. curated vs raw)."""
-    seen = [(_run_label(r), r["eval"]["samples"], r["eval"]["top1"]) for r in runs]
-    by_dataset: dict[str, list[tuple[int, float]]] = {}
-    for r in runs:
-        top1 = _last(r["eval"]["top1"])
-        if r.get("rows") is not None and top1 is not None:
-            by_dataset.setdefault(r.get("dataset") or "?", []).append((r["rows"], top1))
-    sizes = [(name, *zip(*sorted(points), strict=True)) for name, points in by_dataset.items()]
-    kinds = list(dict.fromkeys(r.get("dataset") or "?" for r in runs))
-    size_styles = [{"colour": 0, "linestyle": _DATASET_LINES[kinds.index(name) % 4]} for name, *_ in sizes]
-    return {
-        "scaling_seen": _fig("run-scaling-seen", charts.series(
-            seen, "samples seen", "top-1", "Zero-shot top-1 against samples seen", styles=_scaling_styles(runs))),
-        "scaling_size": _fig("run-scaling-size", charts.series(
-            sizes, "training pairs", "top-1", "Zero-shot top-1 against dataset size", styles=size_styles)),
-    }  # fmt: skip
-
-
-def short_names(paths: Sequence[str]) -> list[str]:
-    """Paths without the folders every one of them starts and ends with: what tells them apart."""
-    parts = [Path(p).parts for p in paths]
-    if len(parts) < 2:
-        return [Path(p).name or p for p in paths]
-    lead = 0
-    while all(len(p) > lead + 1 for p in parts) and len({p[lead] for p in parts}) == 1:
-        lead += 1
-    trail = 0
-    while all(len(p) > lead + trail + 1 for p in parts) and len({p[-1 - trail] for p in parts}) == 1:
-        trail += 1
-    return ["/".join(p[lead : len(p) - trail]) for p in parts]
 
 
 PAGES: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {

@@ -137,7 +137,7 @@ def test_several_runs_give_the_scaling_charts(tmp_path: Path) -> None:
 
 
 def test_short_names_keep_what_differs() -> None:
-    from pipeline.report.render import short_names
+    from pipeline.report.scaling import short_names
 
     assert short_names(["/w/a/web32/x-curated/train", "/w/a/web64/x-raw/train"]) == ["web32/x-curated", "web64/x-raw"]
     assert short_names(["/w/one/train", "/w/one/train/more"]) == ["train", "train/more"]
